@@ -1,0 +1,55 @@
+# The set-up and test entry points. `make test` does everything on a fresh machine:
+# virtualenv, Hadoop from Maven Central, pydoop, cluster start, all tests, cluster stop.
+# Each step leaves a stamp, so a second run downloads and builds nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HADOOP_HOME := $(CURDIR)/.hadoop
+CLUSTER := bin/modelshard-cluster
+PYTEST_ARGS ?=
+
+.PHONY: setup venv hadoop pydoop test unit quickstart smoke lint bench cluster-start cluster-stop
+
+setup: venv hadoop pydoop
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+hadoop: $(HADOOP_HOME)/.fetched
+$(HADOOP_HOME)/.fetched: pom.xml
+	mvn -q -B -f pom.xml dependency:copy-dependencies -Dhadoop.lib=$(HADOOP_HOME)/lib
+	mkdir -p $(HADOOP_HOME)/bin
+	# mrjob and pydoop look for $$HADOOP_HOME/bin/hadoop.
+	ln -sfn ../../bin/hadoop $(HADOOP_HOME)/bin/hadoop
+	touch $@
+
+pydoop: $(VENV)/.pydoop
+$(VENV)/.pydoop: $(VENV)/.installed $(HADOOP_HOME)/.fetched bin/build-pydoop
+	bin/build-pydoop $(BIN)/python
+	touch $@
+
+# All tests, unit and integration, against a cluster started here and stopped even when a
+# test fails. In CI (CI=true) an integration test that cannot reach the cluster fails.
+test: setup
+	$(CLUSTER) start && { $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; $(CLUSTER) stop; exit $$rc; } \
+	  || { rc=$$?; $(CLUSTER) stop; exit $$rc; }
+
+unit: venv
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+# The main job: set up, start the cluster, run the smoke job on YARN, stop.
+smoke: setup
+	$(CLUSTER) start && { $(BIN)/python -m tests.jobs.mr_smoke --demo; rc=$$?; $(CLUSTER) stop; exit $$rc; } \
+	  || { rc=$$?; $(CLUSTER) stop; exit $$rc; }
+
+lint: venv
+	$(BIN)/ruff check .
+
+cluster-start: setup
+	$(CLUSTER) start
+cluster-stop:
+	$(CLUSTER) stop

@@ -1,0 +1,122 @@
+"""The local-disk implementation of :class:`~modelshard.fs.base.FileSystem`."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError
+from modelshard.fs.base import BlockLocation, FileInfo, FileSystem
+
+
+@contextlib.contextmanager
+def _os_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise NotFoundError(f"{path}: no such file or folder") from e
+    except FileExistsError as e:
+        raise AlreadyExistsError(f"{path}: already exists") from e
+    except PermissionError as e:
+        raise StorageError(f"{path}: permission denied; check the owner and mode of the folder") from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StorageError(f"{path}: no space left on device; free disk space and retry") from e
+        raise StorageError(f"{path}: {e.strerror or e}") from e
+
+
+class LocalFileSystem(FileSystem):
+    """A folder tree on this machine. Example::
+
+        fs = LocalFileSystem()
+        fs.write_bytes("/tmp/a/b.bin", b"xyz")
+        assert fs.read_range("/tmp/a/b.bin", 1, 2) == b"yz"
+    """
+
+    scheme = "file"
+
+    def open_read(self, path: str) -> BinaryIO:
+        with _os_errors(path):
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "is a folder", path)
+            return open(path, "rb")
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        with _os_errors(path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                chunks, done = [], 0
+                while done < length:
+                    chunk = os.pread(fd, length - done, offset + done)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    done += len(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(fd)
+
+    def open_write(self, path: str, *, replication: int | None = None, block_size: int | None = None) -> BinaryIO:
+        with _os_errors(path):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            return open(path, "wb")
+
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        with _os_errors(path):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        with _os_errors(src):
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, "exists", dst)
+            os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+            # rename(2) would silently replace an empty folder or a file that appeared since.
+            os.rename(src, dst)
+
+    def mkdirs(self, path: str) -> None:
+        with _os_errors(path):
+            os.makedirs(path, exist_ok=True)
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        with _os_errors(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                if recursive:
+                    shutil.rmtree(path)
+                else:
+                    os.rmdir(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+
+    def stat(self, path: str) -> FileInfo:
+        with _os_errors(path):
+            st = os.stat(path)
+        is_dir = os.path.isdir(path)
+        return FileInfo(path=path, size=0 if is_dir else st.st_size, is_dir=is_dir, mtime=st.st_mtime)
+
+    def ls(self, path: str) -> list[FileInfo]:
+        with _os_errors(path):
+            names = sorted(os.listdir(path))
+        return [self.stat(os.path.join(path, n)) for n in names]
+
+    def set_replication(self, path: str, replication: int) -> None:
+        self.stat(path)  # a local disk keeps one copy; only check that the file exists
+
+    def block_hosts(self, path: str, offset: int = 0, length: int | None = None) -> list[BlockLocation]:
+        size = self.stat(path).size
+        end = size if length is None else min(size, offset + length)
+        return [BlockLocation(offset=offset, length=max(0, end - offset), hosts=("localhost",))]
+
+    def local_path(self, path: str) -> str | None:
+        return path
+
+    def uri(self, path: str) -> str:
+        return "file://" + path
