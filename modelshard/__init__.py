@@ -1,0 +1,8 @@
+"""modelshard: large ML models on HDFS as checksummed safetensors shards with a versioned
+catalog, budgeted loading, and Hadoop Streaming jobs for training, prediction and resharding.
+"""
+
+from modelshard.errors import ModelShardError
+
+__version__ = "0.1.0"
+__all__ = ["ModelShardError", "__version__"]
