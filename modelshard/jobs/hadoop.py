@@ -54,6 +54,8 @@ def runner_args(runner: str) -> list[str]:
     if not jars:
         raise UsageError(f"no hadoop-streaming jar under {home}; is HADOOP_HOME a full Hadoop install?")
     args += ["--hadoop-bin", str(hadoop_bin), "--hadoop-streaming-jar", jars[0], "--python-bin", sys.executable]
+    # The tasks' interpreter already has mrjob installed: skip uploading a copy of it.
+    args.append("--no-bootstrap-mrjob")
     if home == BUNDLED_HOME:
         run = Path(os.environ.get("MODELSHARD_RUN", CHECKOUT / ".run"))
         args += ["--hadoop-log-dirs", str(run / "logs")]

@@ -1,0 +1,60 @@
+"""bin/modelshard-cluster against the running cluster: a second start starts nothing, and a
+start that cannot work says why, names the daemon, and exits non-zero."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "bin" / "modelshard-cluster"
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+def run(*args, env=None):
+    return subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_status_lists_every_daemon():
+    out = run("status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for daemon in ("namenode", "datanode1", "resourcemanager", "nodemanager", "historyserver"):
+        assert f"{daemon} running (pid " in out.stdout
+
+
+def test_second_start_starts_nothing():
+    before = run("status").stdout
+    out = run("start")
+    assert out.returncode == 0
+    assert "already running" in out.stderr
+    assert run("status").stdout == before  # same pids
+
+
+def test_start_with_ports_taken_names_port_and_daemon(tmp_path):
+    env = {**os.environ, "MODELSHARD_RUN": str(tmp_path / "run")}
+    out = run("start", env=env)
+    assert out.returncode != 0
+    assert "port 9000, needed by the namenode, is already in use" in out.stderr
+    assert not (tmp_path / "run" / "pids").exists() or not list((tmp_path / "run" / "pids").iterdir())
+
+
+def test_start_without_java_says_so(tmp_path):
+    # A PATH with every tool of /usr/bin but java.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name != "java":
+            (bindir / tool.name).symlink_to(tool)
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(MODELSHARD_RUN=str(tmp_path / "run"), PATH=str(bindir))
+    out = run("start", env=env)
+    assert out.returncode != 0
+    assert "no 'java' on PATH" in out.stderr
+
+
+def test_bad_datanode_count_is_a_usage_error(tmp_path):
+    out = run("start", "--datanodes", "zero", env={**os.environ, "MODELSHARD_RUN": str(tmp_path)})
+    assert out.returncode != 0
+    assert "--datanodes must be a whole number" in out.stderr
