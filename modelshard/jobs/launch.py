@@ -1,0 +1,107 @@
+"""Runs an mrjob job from Python on inline, local or hadoop, and turns its outcome into a
+:class:`JobResult` or a :class:`~modelshard.errors.JobError` that carries the failing
+task's own error (mrjob only logs it as the "probable cause"), not just "step failed".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mrjob.job import MRJob
+from mrjob.step import StepFailedException
+
+from modelshard.errors import JobError, ModelShardError
+from modelshard.jobs.config import jobconf_args
+from modelshard.jobs.hadoop import runner_args
+
+
+@dataclass
+class JobResult:
+    output: list[tuple[object, object]]
+    counters: dict[str, dict[str, int]]
+    application_id: str | None = None
+    tracking_url: str | None = None
+    log: list[str] = field(default_factory=list)
+
+
+class _Collector(logging.Handler):
+    """Keeps mrjob's log lines: the application id, tracking URL and probable cause."""
+
+    def __init__(self, echo: Callable[[str], object] | None) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.echo = echo
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        if self.echo and re.search(r"Submitted application|url to track|map \d+% reduce|Probable cause", line):
+            self.echo(line.strip())
+
+    def find(self, pattern: str) -> str | None:
+        for line in self.lines:
+            if m := re.search(pattern, line):
+                return m.group(1)
+        return None
+
+    def cause(self) -> str | None:
+        for i, line in enumerate(self.lines):
+            if "Probable cause of failure" in line:
+                text = "\n".join(self.lines[i:]).split("Probable cause of failure:", 1)[1]
+                # mrjob prints the task's traceback; its last line is the error itself.
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+                errors = [ln for ln in lines if re.match(r"[\w.]+(Error|Exception)\b", ln)]
+                return (errors[-1] if errors else " ".join(lines[:5]))[:2000]
+        return None
+
+
+def run_job(
+    job_class: type[MRJob],
+    *,
+    runner: str,
+    inputs: Sequence[str],
+    output_dir: str | None,
+    jobconf: dict[str, str],
+    overrides: dict[str, str] | None = None,
+    echo: Callable[[str], object] | None = None,
+) -> JobResult:
+    """Run ``job_class`` and return its parsed output and counters.
+
+    ``jobconf`` is the rendered job XML; ``overrides`` are the user's ``-D key=value``.
+    ``echo`` receives progress lines (application id, tracking URL, map/reduce progress).
+    """
+    args = [*runner_args(runner), "--no-conf", *jobconf_args(jobconf, overrides)]
+    if output_dir:
+        args += ["--output-dir", output_dir]
+    job = job_class([*args, *inputs])
+    collector = _Collector(echo)
+    log = logging.getLogger("mrjob")
+    old_level = log.level
+    log.addHandler(collector)
+    log.setLevel(logging.INFO)
+    try:
+        with job.make_runner() as r:
+            r.run()
+            output = list(job.parse_output(r.cat_output()))
+            counters: dict[str, dict[str, int]] = {}
+            for step in r.counters():
+                for group, names in step.items():
+                    for name, n in names.items():
+                        counters.setdefault(group, {})[name] = counters.get(group, {}).get(name, 0) + n
+    except StepFailedException as e:
+        cause = collector.cause()
+        name = job_class.__name__
+        raise JobError(f"{name} failed on the {runner} runner: {cause or e}"
+                       + (f" (application {a})" if (a := collector.find(r"(application_\d+_\d+)")) else "")
+                       + "; see the task logs for the full traceback") from e
+    except ModelShardError:
+        raise
+    finally:
+        log.removeHandler(collector)
+        log.setLevel(old_level)
+    return JobResult(output=output, counters=counters,
+                     application_id=collector.find(r"Submitted application (application_\d+_\d+)"),
+                     tracking_url=collector.find(r"url to track the job: (\S+)"), log=collector.lines)
