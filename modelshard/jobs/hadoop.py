@@ -52,8 +52,11 @@ def runner_args(runner: str) -> list[str]:
     jars = sorted(glob.glob(str(home / "lib" / "hadoop-streaming-*.jar")))
     jars += sorted(glob.glob(str(home / "share/hadoop/tools/lib/hadoop-streaming-*.jar")))
     if not jars:
-        raise UsageError(f"no hadoop-streaming jar under {home}; is HADOOP_HOME a full Hadoop install?")
-    args += ["--hadoop-bin", str(hadoop_bin), "--hadoop-streaming-jar", jars[0], "--python-bin", sys.executable]
+        raise UsageError(
+            f"no hadoop-streaming jar under {home}; is HADOOP_HOME a full Hadoop install?"
+        )
+    args += ["--hadoop-bin", str(hadoop_bin), "--hadoop-streaming-jar", jars[0]]
+    args += ["--python-bin", sys.executable]
     if home == BUNDLED_HOME:
         run = Path(os.environ.get("MODELSHARD_RUN", CHECKOUT / ".run"))
         args += ["--hadoop-log-dirs", str(run / "logs")]
