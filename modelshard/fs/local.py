@@ -79,9 +79,9 @@ class LocalFileSystem(FileSystem):
                 os.close(fd)
 
     def rename(self, src: str, dst: str) -> None:
+        if os.path.lexists(dst):
+            raise AlreadyExistsError(f"{dst}: already exists; delete it first or pick another name")
         with _os_errors(src):
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "exists", dst)
             os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
             # rename(2) would silently replace an empty folder or a file that appeared since.
             os.rename(src, dst)
