@@ -125,8 +125,11 @@ class HdfsFileSystem(FileSystem):
             )
         if isinstance(e, NotADirectoryError):
             return StorageError(f"{where}: a parent of this path is a file, not a folder")
+        # libhdfs turns Java exceptions it has no errno for into 255 and prints them.
+        detail = "the Java exception above on stderr says why" if _errno(e) == 255 else str(e)
         return StorageError(
-            f"{where}: HDFS could not {action} ({e}); the Java exception above on stderr says why"
+            f"{where}: HDFS could not {action} ({detail}); if the NameNode is down, start it "
+            "(bin/modelshard-cluster start)"
         )
 
     @contextlib.contextmanager
@@ -301,6 +304,13 @@ class HdfsFileSystem(FileSystem):
 
     def uri(self, path: str) -> str:
         return f"hdfs://{self.netloc}{path}"
+
+
+def _errno(e: Exception) -> int | None:
+    # pydoop raises RuntimeError(errno, text) where it means OSError.
+    if isinstance(e, OSError):
+        return e.errno
+    return e.args[0] if e.args and isinstance(e.args[0], int) else None
 
 
 def _info(path: str, d: dict[str, Any]) -> FileInfo:
