@@ -28,7 +28,7 @@ $(HADOOP_HOME)/.fetched: pom.xml
 	touch $@
 
 pydoop: $(VENV)/.pydoop
-$(VENV)/.pydoop: $(VENV)/.installed $(HADOOP_HOME)/.fetched bin/build-pydoop
+$(VENV)/.pydoop: $(VENV)/.installed $(HADOOP_HOME)/.fetched bin/build-pydoop bin/pydoop-2.0.0.patch
 	bin/build-pydoop $(BIN)/python
 	touch $@
 

@@ -26,7 +26,8 @@ def cluster() -> None:
     missing = [name for name, addr in (("NameNode", NAMENODE), ("ResourceManager", RESOURCEMANAGER))
                if not _listening(addr)]
     if missing:
-        msg = f"{', '.join(missing)} not reachable: start the cluster with 'bin/modelshard-cluster start'"
+        msg = (f"{', '.join(missing)} not reachable: start the cluster with "
+               "'bin/modelshard-cluster start'")
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)

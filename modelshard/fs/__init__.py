@@ -30,4 +30,6 @@ def get_fs(uri: str) -> tuple[FileSystem, str]:
         from modelshard.fs.hdfs import HdfsFileSystem
 
         return HdfsFileSystem.for_netloc(parts.netloc), parts.path or "/"
-    raise UsageError(f"{uri}: unknown filesystem scheme {parts.scheme!r}; use a local path, file:// or hdfs://")
+    raise UsageError(
+        f"{uri}: unknown filesystem scheme {parts.scheme!r}; use a local path, file:// or hdfs://"
+    )

@@ -118,7 +118,9 @@ class FileSystem(abc.ABC):
         """Ask for ``replication`` copies of a file's blocks."""
 
     @abc.abstractmethod
-    def block_hosts(self, path: str, offset: int = 0, length: int | None = None) -> list[BlockLocation]:
+    def block_hosts(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> list[BlockLocation]:
         """The blocks covering ``[offset, offset + length)`` and the hosts holding each."""
 
     def local_path(self, path: str) -> str | None:

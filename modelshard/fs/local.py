@@ -22,7 +22,9 @@ def _os_errors(path: str) -> Iterator[None]:
     except FileExistsError as e:
         raise AlreadyExistsError(f"{path}: already exists") from e
     except PermissionError as e:
-        raise StorageError(f"{path}: permission denied; check the owner and mode of the folder") from e
+        raise StorageError(
+            f"{path}: permission denied; check the owner and mode of the folder"
+        ) from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise StorageError(f"{path}: no space left on device; free disk space and retry") from e
@@ -60,7 +62,9 @@ class LocalFileSystem(FileSystem):
             finally:
                 os.close(fd)
 
-    def open_write(self, path: str, *, replication: int | None = None, block_size: int | None = None) -> BinaryIO:
+    def open_write(
+        self, path: str, *, replication: int | None = None, block_size: int | None = None
+    ) -> BinaryIO:
         with _os_errors(path):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             return open(path, "wb")
@@ -75,9 +79,9 @@ class LocalFileSystem(FileSystem):
                 os.close(fd)
 
     def rename(self, src: str, dst: str) -> None:
+        if os.path.lexists(dst):
+            raise AlreadyExistsError(f"{dst}: already exists; delete it first or pick another name")
         with _os_errors(src):
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "exists", dst)
             os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
             # rename(2) would silently replace an empty folder or a file that appeared since.
             os.rename(src, dst)
@@ -100,18 +104,28 @@ class LocalFileSystem(FileSystem):
         with _os_errors(path):
             st = os.stat(path)
         is_dir = os.path.isdir(path)
-        return FileInfo(path=path, size=0 if is_dir else st.st_size, is_dir=is_dir, mtime=st.st_mtime)
+        size = 0 if is_dir else st.st_size
+        return FileInfo(path=path, size=size, is_dir=is_dir, mtime=st.st_mtime)
 
     def ls(self, path: str) -> list[FileInfo]:
         with _os_errors(path):
             names = sorted(os.listdir(path))
         return [self.stat(os.path.join(path, n)) for n in names]
 
-    def set_replication(self, path: str, replication: int) -> None:
-        self.stat(path)  # a local disk keeps one copy; only check that the file exists
+    def _file_size(self, path: str, action: str) -> int:
+        info = self.stat(path)
+        if info.is_dir:  # as on HDFS, which only places files
+            raise StorageError(f"{path}: is a folder; cannot {action} it, only its files")
+        return info.size
 
-    def block_hosts(self, path: str, offset: int = 0, length: int | None = None) -> list[BlockLocation]:
-        size = self.stat(path).size
+    def set_replication(self, path: str, replication: int) -> None:
+        # A local disk keeps one copy; only check that the file exists.
+        self._file_size(path, "set the replication of")
+
+    def block_hosts(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> list[BlockLocation]:
+        size = self._file_size(path, "locate the blocks of")
         end = size if length is None else min(size, offset + length)
         return [BlockLocation(offset=offset, length=max(0, end - offset), hosts=("localhost",))]
 

@@ -11,10 +11,15 @@ from modelshard.jobs.hadoop import runner_args
 from tests.jobs.mr_smoke import MRSmoke
 
 TEXT = "the quick brown fox\njumps over the lazy dog\nThe dog sleeps\n"
-EXPECTED = {"the": 3, "dog": 2, "quick": 1, "brown": 1, "fox": 1, "jumps": 1, "over": 1, "lazy": 1, "sleeps": 1}
+EXPECTED = {
+    "the": 3, "dog": 2, "quick": 1, "brown": 1, "fox": 1, "jumps": 1, "over": 1, "lazy": 1,
+    "sleeps": 1,
+}
 
 
-def run_smoke(runner: str, input_uri: str, output_uri: str | None = None) -> tuple[dict[str, int], str | None]:
+def run_smoke(
+    runner: str, input_uri: str, output_uri: str | None = None
+) -> tuple[dict[str, int], str | None]:
     """Word counts of ``input_uri`` and the YARN application id (None off YARN)."""
     args = [*runner_args(runner), "--no-conf", input_uri]
     if output_uri:

@@ -1,0 +1,370 @@
+"""The HDFS implementation of :class:`~modelshard.fs.base.FileSystem`, on pydoop.
+
+pydoop wraps libhdfs, which runs the Hadoop Java client in a JVM inside this process: the
+JVM options come from ``LIBHDFS_OPTS`` and the jars from ``$HADOOP_HOME/bin/hadoop classpath
+--glob`` (run once, at the first use). Install pydoop with ``make pydoop``. Example::
+
+    fs = HdfsFileSystem.for_netloc("")          # fs.defaultFS of the Hadoop configuration
+    fs.write_bytes("/models/a/x.bin", b"0123456789", replication=2)
+    assert fs.read_range("/models/a/x.bin", 4, 3) == b"456"
+    fs.uri("/models/a/x.bin")                   # 'hdfs://127.0.0.1:9000/models/a/x.bin'
+
+libhdfs prints the Java exception of a failed call on stderr; the Python error raised here
+names the path and says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import urlsplit
+
+from modelshard.errors import AlreadyExistsError, ModelShardError, NotFoundError, StorageError
+from modelshard.fs.base import BlockLocation, FileInfo, FileSystem
+
+_DEFAULT_PORT = 8020  # the NameNode RPC port when a URI names none, as in Hadoop
+_REPO_HADOOP_HOME = Path(__file__).resolve().parents[2] / ".hadoop"
+
+
+def _pydoop_hdfs() -> ModuleType:
+    """Import ``pydoop.hdfs``, pointing it at the project's Hadoop unless HADOOP_HOME is set."""
+    if "HADOOP_HOME" not in os.environ and (_REPO_HADOOP_HOME / "bin" / "hadoop").exists():
+        # pydoop finds `hadoop` through HADOOP_HOME (see bin/pydoop-2.0.0.patch).
+        os.environ["HADOOP_HOME"] = str(_REPO_HADOOP_HOME)
+    try:
+        import pydoop.hdfs
+    except ImportError as e:
+        raise ModelShardError(
+            f"HDFS needs pydoop, which this Python cannot import ({e}); build and install it "
+            "with 'make pydoop' (bin/build-pydoop .venv/bin/python)"
+        ) from e
+    except (OSError, RuntimeError) as e:  # `hadoop classpath --glob` failed or is missing
+        raise ModelShardError(
+            f"pydoop could not get the Hadoop classpath from $HADOOP_HOME/bin/hadoop ({e}); "
+            "run 'make hadoop' or set HADOOP_HOME to a Hadoop installation"
+        ) from e
+    return pydoop.hdfs
+
+
+class HdfsFileSystem(FileSystem):
+    """One HDFS namespace, through one cached libhdfs connection per NameNode.
+
+    Prefer :meth:`for_netloc`; construct directly only for another ``user``::
+
+        other = HdfsFileSystem("default", 0, user="alice")
+    """
+
+    scheme = "hdfs"
+    _instances: ClassVar[dict[str, HdfsFileSystem]] = {}
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, host: str = "default", port: int = 0, *, user: str | None = None) -> None:
+        hdfs = _pydoop_hdfs()
+        where = "fs.defaultFS" if host == "default" else f"hdfs://{host}:{port}"
+        try:
+            self._handle = hdfs.hdfs(host, port, user=user)
+        except (OSError, RuntimeError) as e:
+            raise StorageError(
+                f"{where}: cannot connect to HDFS ({e}); is the NameNode running "
+                "(bin/modelshard-cluster start) and HADOOP_CONF_DIR right?"
+            ) from e
+        if not self._handle.host:
+            raise StorageError(
+                f"{where}: the Hadoop configuration names a local filesystem, not HDFS; "
+                "set fs.defaultFS in core-site.xml or use an hdfs://host:port URI"
+            )
+        # The native handle: pydoop's wrapper around it adds RPCs (a stat per open) we avoid.
+        self._fs: Any = self._handle.fs
+        self.netloc = f"{self._handle.host}:{self._handle.port}"
+        self.user: str = self._handle.user
+
+    @classmethod
+    def for_netloc(cls, netloc: str) -> HdfsFileSystem:
+        """The shared filesystem for ``host:port``; ``''`` or ``'default'`` is fs.defaultFS.
+
+        >>> HdfsFileSystem.for_netloc("") is HdfsFileSystem.for_netloc("127.0.0.1:9000")
+        True
+        """
+        key = "" if netloc in ("", "default") else netloc
+        with cls._instances_lock:
+            fs = cls._instances.get(key)
+            if fs is None:
+                if key:
+                    host, _, port = key.partition(":")
+                    fs = cls(host, int(port) if port else _DEFAULT_PORT)
+                else:
+                    fs = cls()
+                # '' and the NameNode's own host:port share one connection.
+                fs = cls._instances.setdefault(fs.netloc, fs)
+                cls._instances[key] = fs
+            return fs
+
+    def __repr__(self) -> str:
+        return f"HdfsFileSystem({self.netloc!r}, user={self.user!r})"
+
+    # -- errors ------------------------------------------------------------------
+    def _error(self, path: str, action: str, e: Exception) -> ModelShardError:
+        """The modelshard error for libhdfs's errno-style error ``e`` on ``path``."""
+        where = self.uri(path)
+        if isinstance(e, FileNotFoundError):
+            return NotFoundError(f"{where}: no such file or folder")
+        if isinstance(e, FileExistsError):
+            return AlreadyExistsError(f"{where}: already exists")
+        if isinstance(e, PermissionError):
+            return StorageError(
+                f"{where}: permission denied to {action} for HDFS user {self.user!r}; "
+                "check owner and mode with 'bin/hadoop fs -ls' and fix them with -chmod/-chown"
+            )
+        if isinstance(e, NotADirectoryError):
+            return StorageError(f"{where}: a parent of this path is a file, not a folder")
+        # libhdfs turns Java exceptions it has no errno for into 255 and prints them.
+        detail = "the Java exception above on stderr says why" if _errno(e) == 255 else str(e)
+        return StorageError(
+            f"{where}: HDFS could not {action} ({detail}); if the NameNode is down, start it "
+            "(bin/modelshard-cluster start)"
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, path: str, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            raise self._error(path, action, e) from e
+
+    def _file_info(self, path: str, action: str) -> FileInfo:
+        info = self.stat(path)
+        if info.is_dir:
+            raise StorageError(f"{self.uri(path)}: is a folder; cannot {action} it, only its files")
+        return info
+
+    # -- reading -------------------------------------------------------------------
+    def open_read(self, path: str) -> BinaryIO:
+        self._file_info(path, "read")  # a clean NotFoundError: libhdfs's open would print a stack
+        with self._errors(path, "open the file"):
+            raw = self._fs.open_file(path, "r", 0, 0, 0)
+        return io.BufferedReader(_RawFile(raw, path, self))  # type: ignore[return-value]
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        # The size bounds the loop: libhdfs's pread fails past the end rather than returning b"".
+        end = min(self._file_info(path, "read").size, offset + length)
+        with self._errors(path, "read"):
+            raw = self._fs.open_file(path, "r", 0, 0, 0)
+            try:
+                chunks, pos = [], offset
+                while pos < end:
+                    # One pread stops at a block boundary; loop for the rest.
+                    chunk = raw.pread(pos, end - pos)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    pos += len(chunk)
+                return b"".join(chunks)
+            finally:
+                raw.close()
+
+    # -- writing -------------------------------------------------------------------
+    def open_write(
+        self, path: str, *, replication: int | None = None, block_size: int | None = None
+    ) -> BinaryIO:
+        try:
+            raw = self._fs.open_file(path, "w", 0, replication or 0, block_size or 0)
+        except FileExistsError as e:  # create() overwrites files, so this is a folder
+            raise StorageError(f"{self.uri(path)}: is a folder; cannot write it as a file") from e
+        except OSError as e:
+            error = self._error(path, "create the file", e)
+            if type(e) is OSError and (replication or block_size):  # no errno of its own
+                raise StorageError(
+                    f"{error}; check replication={replication} (at most dfs.replication.max) "
+                    f"and block_size={block_size} (a multiple of 512, at least "
+                    "dfs.namenode.fs-limits.min-block-size, 1 MiB by default)"
+                ) from e
+            raise error from e
+        return io.BufferedWriter(_RawFile(raw, path, self))  # type: ignore[return-value]
+
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        # libhdfs's create overwrites, but HDFS refuses to rename a file onto an existing
+        # path: write a private temporary file, then rename it into place.
+        if self.exists(path):
+            raise AlreadyExistsError(f"{self.uri(path)}: already exists; pick another name")
+        parent, name = posixpath.split(path)
+        tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
+        self.write_bytes(tmp, data)
+        try:
+            with self._errors(path, "rename a temporary file onto"):
+                try:
+                    self._fs.rename(tmp, path)
+                except OSError as e:  # rename returned false: the usual cause is a winner
+                    if self.exists(path):
+                        raise FileExistsError(path) from e
+                    raise
+            # A folder created at `path` meanwhile would have swallowed the file.
+            if self.stat(path).is_dir:
+                self.delete(posixpath.join(path, posixpath.basename(tmp)))
+                raise AlreadyExistsError(f"{self.uri(path)}: already exists as a folder")
+        finally:
+            self.delete(tmp)
+
+    def rename(self, src: str, dst: str) -> None:
+        src_is_dir = self.stat(src).is_dir
+        # HDFS would move a folder INSIDE an existing dst folder (and a file into one).
+        # The check leaves a race with a concurrent creator of dst; for a file dst HDFS
+        # itself refuses.
+        if self.exists(dst):
+            what = "folder" if src_is_dir else "file"
+            raise AlreadyExistsError(
+                f"{self.uri(dst)}: already exists; delete it first or rename the {what} "
+                f"{src} elsewhere"
+            )
+        self.mkdirs(posixpath.dirname(dst) or "/")
+        with self._errors(src, f"rename to {dst}"):
+            try:
+                self._fs.rename(src, dst)
+            except OSError as e:  # rename returned false: find out which precondition broke
+                if self.exists(dst):
+                    raise AlreadyExistsError(f"{self.uri(dst)}: already exists") from e
+                if not self.exists(src):
+                    raise NotFoundError(f"{self.uri(src)}: no such file or folder") from e
+                raise
+
+    def mkdirs(self, path: str) -> None:
+        with self._errors(path, "create the folder"):
+            self._fs.create_directory(path)
+
+    def delete(self, path: str, *, recursive: bool = False) -> None:
+        try:
+            info = self.stat(path)
+        except NotFoundError:
+            return
+        with self._errors(path, "delete"):
+            try:
+                self._fs.delete(path, recursive)
+            except OSError as e:
+                if not self.exists(path):  # deleted meanwhile
+                    return
+                if info.is_dir and not recursive:
+                    raise StorageError(
+                        f"{self.uri(path)}: folder not empty; pass recursive=True to delete it "
+                        "with its contents"
+                    ) from e
+                raise
+
+    # -- metadata ------------------------------------------------------------------
+    def stat(self, path: str) -> FileInfo:
+        # Also the base class's exists(): libhdfs's hdfsExists says False on "permission denied".
+        with self._errors(path, "stat"):
+            return _info(path, self._fs.get_path_info(path))
+
+    def ls(self, path: str) -> list[FileInfo]:
+        # libhdfs lists a file as itself; the interface wants folders only.
+        if not self.stat(path).is_dir:
+            raise StorageError(f"{self.uri(path)}: is a file, not a folder; cannot list it")
+        with self._errors(path, "list"):
+            entries = self._fs.list_directory(path)
+        infos = [
+            _info(posixpath.join(path, posixpath.basename(urlsplit(e["name"]).path)), e)
+            for e in entries
+        ]
+        return sorted(infos, key=lambda i: i.path)
+
+    # -- placement -------------------------------------------------------------------
+    def set_replication(self, path: str, replication: int) -> None:
+        self._file_info(path, "set the replication of")
+        with self._errors(path, f"set replication to {replication}"):
+            self._fs.set_replication(path, replication)
+
+    def block_hosts(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> list[BlockLocation]:
+        """The blocks covering the range, with block-aligned offsets.
+
+        >>> fs.block_hosts("/m/x.bin", 1 << 20, 10)        # doctest: +SKIP
+        [BlockLocation(offset=1048576, length=1048576, hosts=('127.0.0.1',))]
+        """
+        info = self._file_info(path, "locate the blocks of")
+        end = info.size if length is None else min(info.size, offset + length)
+        if end <= offset:
+            return []
+        with self._errors(path, "locate blocks"):
+            hosts = self._fs.get_hosts(path, offset, end - offset)
+        # libhdfs gives hosts only, in block order; HDFS files have one block size (except
+        # after append with NEW_BLOCK or concat, which modelshard does not use).
+        bs, first = info.block_size, offset // info.block_size
+        return [
+            BlockLocation(offset=b * bs, length=min(bs, info.size - b * bs), hosts=tuple(h))
+            for b, h in enumerate(hosts, start=first)
+        ]
+
+    def uri(self, path: str) -> str:
+        return f"hdfs://{self.netloc}{path}"
+
+
+def _errno(e: Exception) -> int | None:
+    # pydoop raises RuntimeError(errno, text) where it means OSError.
+    if isinstance(e, OSError):
+        return e.errno
+    return e.args[0] if e.args and isinstance(e.args[0], int) else None
+
+
+def _info(path: str, d: dict[str, Any]) -> FileInfo:
+    return FileInfo(
+        path=path,
+        size=d["size"],
+        is_dir=d["kind"] == "directory",
+        mtime=float(d["last_mod"]),
+        replication=d["replication"],
+        block_size=d["block_size"],
+    )
+
+
+class _RawFile(io.RawIOBase):
+    """A libhdfs file as a standard raw stream, so :mod:`io` buffers it and errors name the
+    path. (pydoop's own file object lacks ``readall`` and ``read()`` without a size.)"""
+
+    def __init__(self, raw: Any, path: str, fs: HdfsFileSystem) -> None:
+        super().__init__()
+        self._raw, self._path, self._fs = raw, path, fs
+        self.name = path
+
+    def readable(self) -> bool:
+        return self._raw.mode == "r"
+
+    def writable(self) -> bool:
+        return self._raw.mode != "r"
+
+    def seekable(self) -> bool:
+        return self.readable()  # HDFS output streams cannot seek
+
+    def readinto(self, buffer: Any) -> int:
+        with self._fs._errors(self._path, "read"):
+            return self._raw.readinto(buffer)
+
+    def write(self, data: Any) -> int:
+        with self._fs._errors(self._path, "write"):
+            return self._raw.write(bytes(data))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with self._fs._errors(self._path, "seek"):
+            self._raw.seek(offset, whence)
+            return self._raw.tell()
+
+    def tell(self) -> int:
+        with self._fs._errors(self._path, "tell"):
+            return self._raw.tell()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()
+        finally:
+            # Closing an output stream completes the file on the NameNode; failures show here.
+            with self._fs._errors(self._path, "close (complete) the file"):
+                self._raw.close()
