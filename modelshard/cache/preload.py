@@ -437,9 +437,11 @@ class PreloadCache:
 
     @staticmethod
     def _touch(entry: str) -> None:
-        # The mtime is the entry's last use (atime is unreliable under noatime/relatime).
+        # The mtime is the entry's last use (atime is unreliable under noatime/relatime). An
+        # explicit time: the kernel's own file timestamps are only jiffy-precise.
+        now = time.time_ns()
         with contextlib.suppress(FileNotFoundError):
-            os.utime(entry)
+            os.utime(entry, ns=(now, now))
 
     @staticmethod
     def _discard(path: str) -> None:

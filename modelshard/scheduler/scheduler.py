@@ -53,6 +53,7 @@ class SchedulerStats:
     hits: int
     misses: int  # fetches for a reader (demand)
     waits: int  # readers that waited for another thread's fetch of the same shard
+    room_waits: int  # readers that waited for room (the budget full of shards in use)
     bytes_fetched: int  # demand and prefetch
     evictions: int
     bytes_evicted: int
@@ -176,7 +177,7 @@ class ShardScheduler(Generic[K]):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._n = dict.fromkeys(
-            ("peak_bytes_held", "hits", "misses", "waits", "bytes_fetched", "evictions",
+            ("peak_bytes_held", "hits", "misses", "waits", "room_waits", "bytes_fetched", "evictions",
              "bytes_evicted", "prefetches", "prefetch_hits", "prefetch_skipped",
              "idle_releases", "local_reads", "remote_reads"),
             0,
@@ -331,9 +332,9 @@ class ShardScheduler(Generic[K]):
                     self._n["misses"] += 1
                     load = True
                     break
-                if e is not None and not waited:
+                if not waited:
                     waited = True
-                    self._n["waits"] += 1
+                    self._n["waits" if e is not None else "room_waits"] += 1
                 self._wait(deadline, key, size)
         if load:
             data = self._load(key, e)
