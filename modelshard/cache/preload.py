@@ -143,9 +143,9 @@ class PreloadCache:
 
     # -- public API --------------------------------------------------------------
     def get(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> str:
-        """The local path of the verified copy of ``path``, fetching it if needed.
+        """The local path of the verified copy of ``path``, fetching it if needed. Example::
 
-        >>> local = cache.get(fs, "/models/m/v1/shard-00001.safetensors", sha256=d, size=n)
+            local = cache.get(fs, "/models/m/v1/shard-00001.safetensors", sha256=d, size=n)
         """
         with self.open(fs, path, sha256=sha256, size=size):
             return self.entry_path(sha256)

@@ -19,10 +19,12 @@ from modelshard.scheduler.policies import (
 from modelshard.scheduler.scheduler import Fetched, SchedulerStats, ShardScheduler, fetch_shard
 from modelshard.scheduler.sim import (
     BeladyPolicy,
+    PopularityOraclePolicy,
     SimResult,
     model_like_sizes,
     offline_best,
     simulate,
+    zipf_popularity,
     zipf_trace,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "Fetched",
     "GdsfPolicy",
     "LruPolicy",
+    "PopularityOraclePolicy",
     "SchedulerStats",
     "ShardScheduler",
     "SimResult",
@@ -41,5 +44,6 @@ __all__ = [
     "model_like_sizes",
     "offline_best",
     "simulate",
+    "zipf_popularity",
     "zipf_trace",
 ]

@@ -66,51 +66,71 @@ class LruPolicy(EvictionPolicy):
 
 
 class GdsfPolicy(EvictionPolicy):
-    """Greedy-Dual-Size-Frequency: the lowest ``clock + frequency * cost / size`` goes first.
+    """Cost-aware eviction: the lowest ``clock_weight * clock + frequency * cost / size`` goes.
 
     ``cost`` is the time to fetch the shard again (latency + size / bandwidth), so ``cost /
     size`` favours small shards only as much as their fixed latency makes them dear per byte.
-    The clock rises to the priority of each evicted shard, which ages out shards that were
-    popular once (LFU with ageing).
+    Use counts are kept for evicted shards too (one number per shard of the model), so a
+    popular shard pushed out by a burst comes back with its history.
 
-    ``remember=True`` keeps the use count of shards after they are evicted (a few bytes per
-    shard of the model), so a popular shard that was pushed out by a burst comes back with
-    its history instead of starting again at 1: closer to perfect LFU, the best online
-    policy for independent requests.
+    Two ways to forget old popularity:
+
+    * ``clock_weight``: the clock rises to the priority of each evicted shard; at 1.0 this is
+      textbook Greedy-Dual-Size-Frequency. It also makes a shard not used for a few misses
+      look cheaper than a newcomer, i.e. it adds recency, which on independent requests
+      costs bytes;
+    * ``halve_every``: all counts are halved each time the requests since the last halving
+      reach ``halve_every`` times the number of shards seen (the TinyLFU reset), which
+      forgets at a pace set by the model's size instead of by the misses.
+
+    The defaults (no clock, halving every 4 passes' worth of requests) are what
+    ``bench/bench_scheduler.py --tune`` picks on its tuning seeds, over steady and shifting
+    Zipf traces: cost-aware LFU with ageing.
     """
 
     name = "gdsf"
 
-    def __init__(self, *, remember: bool = True) -> None:
-        self.remember = remember
+    def __init__(self, *, clock_weight: float = 0.0, halve_every: float | None = 4.0) -> None:
+        if clock_weight < 0 or (halve_every is not None and halve_every <= 0):
+            raise UsageError("clock_weight must be >= 0 and halve_every > 0 (or None)")
+        self.clock_weight = clock_weight
+        self.halve_every = halve_every
         self.clock = 0.0
-        self._freq: dict[Hashable, int] = {}
+        self._since_halving = 0
+        self._freq: dict[Hashable, float] = {}
         self._weight: dict[Hashable, float] = {}  # cost / size of resident keys
         self._prio: dict[Hashable, float] = {}
 
     def admit(self, key: Hashable, *, size: int, cost: float) -> None:
-        self._freq[key] = self._freq.get(key, 0) + 1
         self._weight[key] = cost / max(size, 1)
-        self._prio[key] = self.clock + self._freq[key] * self._weight[key]
+        self._use(key)
 
     def touch(self, key: Hashable) -> None:
-        self._freq[key] += 1
-        self._prio[key] = self.clock + self._freq[key] * self._weight[key]
+        self._use(key)
+
+    def _use(self, key: Hashable) -> None:
+        self._freq[key] = self._freq.get(key, 0.0) + 1.0
+        self._prio[key] = self._priority(key)
+        self._since_halving += 1
+        if self.halve_every is not None and self._since_halving >= self.halve_every * len(self._freq):
+            self._since_halving = 0
+            for k in self._freq:
+                self._freq[k] /= 2
+            for k in self._prio:
+                self._prio[k] = self._priority(k)
+
+    def _priority(self, key: Hashable) -> float:
+        return self.clock_weight * self.clock + self._freq[key] * self._weight[key]
 
     def remove(self, key: Hashable, *, evicted: bool) -> None:
         prio = self._prio.pop(key, None)
         self._weight.pop(key, None)
         if evicted and prio is not None:
             self.clock = max(self.clock, prio)
-        if not self.remember:
-            self._freq.pop(key, None)
 
     def victims(self) -> Iterator[Hashable]:
         # Sorting the resident shards (tens to thousands) per eviction is cheap next to a fetch.
         return iter(sorted(self._prio, key=self._prio.__getitem__))
-
-    def priority(self, key: Hashable) -> float:
-        return self._prio[key]
 
 
 def make_policy(policy: str | EvictionPolicy) -> EvictionPolicy:

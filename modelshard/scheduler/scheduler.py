@@ -196,9 +196,9 @@ class ShardScheduler(Generic[K]):
         **options: Any,
     ) -> ShardScheduler[ShardRef]:
         """A scheduler over a model's shards, read from ``fs`` (through ``cache`` if given),
-        checksummed, and prefetched in the given (manifest) order unless told otherwise.
+        checksummed, and prefetched in the given (manifest) order unless told otherwise::
 
-        >>> sched = ShardScheduler.for_shards(refs, fs=fs, budget_bytes=8 << 30, cache=cache)
+            sched = ShardScheduler.for_shards(refs, fs=fs, budget_bytes=8 << 30, cache=cache)
         """
         options.setdefault("prefetch_order", list(shards))
         return cls(  # type: ignore[return-value]
@@ -494,9 +494,9 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
     """The verified bytes of one shard, through the preload cache if given.
 
     ``local`` says whether the bytes came from this node: a cache hit, a local filesystem,
-    or an HDFS file whose blocks all have a replica here.
+    or an HDFS file whose blocks all have a replica here::
 
-    >>> fetch_shard(fs, ShardRef(path, size, sha256), cache=cache).data[:8]
+        header_len = fetch_shard(fs, ShardRef(path, size, sha256), cache=cache).data[:8]
     """
     if cache is not None:
         local = cache.contains(ref.sha256)

@@ -152,20 +152,60 @@ def offline_best(
     )
 
 
+def zipf_popularity(n_shards: int, *, alpha: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Request probability of shards ``0 .. n_shards-1``: the r-th most popular has
+    probability proportional to ``1 / r**alpha``; which shard gets which rank is random, so
+    popularity follows neither the shard index nor the size.
+
+    >>> zipf_popularity(4, seed=0).sum().round(6)
+    np.float64(1.0)
+    """
+    if n_shards <= 0 or alpha < 0:
+        raise UsageError("Zipf popularity needs n_shards > 0 and alpha >= 0")
+    by_rank = 1.0 / np.arange(1, n_shards + 1) ** alpha
+    p = np.empty(n_shards)
+    p[np.random.default_rng(seed).permutation(n_shards)] = by_rank / by_rank.sum()
+    return p
+
+
 def zipf_trace(n_shards: int, n_requests: int, *, alpha: float = 1.0, seed: int = 0) -> list[int]:
-    """Requests for shards ``0 .. n_shards-1``: the r-th most popular has probability
-    proportional to ``1 / r**alpha``; which shard gets which rank is random, so popularity
-    does not follow the shard index (nor the size).
+    """``n_requests`` independent requests drawn from :func:`zipf_popularity` (same seed).
 
     >>> len(zipf_trace(10, 100, seed=1))
     100
     """
-    if n_shards <= 0 or n_requests < 0 or alpha < 0:
-        raise UsageError("zipf_trace needs n_shards > 0, n_requests >= 0 and alpha >= 0")
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, n_shards + 1) ** alpha
-    ranked = rng.permutation(n_shards)
-    return [int(x) for x in ranked[rng.choice(n_shards, size=n_requests, p=p / p.sum())]]
+    if n_requests < 0:
+        raise UsageError(f"n_requests={n_requests}: must be zero or more")
+    p = zipf_popularity(n_shards, alpha=alpha, seed=seed)
+    return [int(x) for x in np.random.default_rng([seed, 1]).choice(n_shards, size=n_requests, p=p)]
+
+
+class PopularityOraclePolicy(EvictionPolicy):
+    """Evicts the shard with the lowest true request probability: the best an online policy
+    can do on independent requests, used as the reachable bound in the benchmark.
+
+    >>> p = PopularityOraclePolicy({"a": 0.9, "b": 0.1}); p.admit("a", size=1, cost=0.0)
+    >>> p.admit("b", size=1, cost=0.0); next(p.victims())
+    'b'
+    """
+
+    name = "oracle-popularity"
+
+    def __init__(self, popularity: Mapping[Hashable, float]) -> None:
+        self._popularity = popularity
+        self._resident: set[Hashable] = set()
+
+    def admit(self, key: Hashable, *, size: int, cost: float) -> None:
+        self._resident.add(key)
+
+    def touch(self, key: Hashable) -> None:
+        """Known popularity does not change with use."""
+
+    def remove(self, key: Hashable, *, evicted: bool) -> None:
+        self._resident.discard(key)
+
+    def victims(self) -> Iterator[Hashable]:
+        return iter(sorted(self._resident, key=self._popularity.__getitem__))
 
 
 def model_like_sizes(

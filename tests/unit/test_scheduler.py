@@ -226,9 +226,11 @@ def test_prefetch_follows_the_order_and_counts_hits():
 def test_prefetch_never_evicts_shards_in_use():
     sizes = dict.fromkeys(range(3), 10)
     sched = ShardScheduler(MemoryFetcher(sizes), sizes, budget_bytes=20, prefetch_order=[0, 1, 2])
-    with sched.acquire(1), sched.acquire(0):  # acquiring 0 asks for 1 (resident), 1 for 2
-        wait_until(lambda: sched.stats().prefetch_skipped >= 1)
-        assert not sched.contains(2)
+    with sched.acquire(0):
+        wait_until(lambda: sched.contains(1))
+        with sched.acquire(1):  # asks for 2, but 0 and 1 fill the budget and are in use
+            wait_until(lambda: sched.stats().prefetch_skipped == 1)
+            assert not sched.contains(2)
     sched.prefetch([2])
     wait_until(lambda: sched.contains(2))
     assert sched.stats().bytes_held == 20
