@@ -83,14 +83,14 @@ class GdsfPolicy(EvictionPolicy):
       reach ``halve_every`` times the number of shards seen (the TinyLFU reset), which
       forgets at a pace set by the model's size instead of by the misses.
 
-    The defaults (no clock, halving every 4 passes' worth of requests) are what
+    The defaults (no clock; halving after twice as many requests as shards seen) are what
     ``bench/bench_scheduler.py --tune`` picks on its tuning seeds, over steady and shifting
     Zipf traces: cost-aware LFU with ageing.
     """
 
     name = "gdsf"
 
-    def __init__(self, *, clock_weight: float = 0.0, halve_every: float | None = 4.0) -> None:
+    def __init__(self, *, clock_weight: float = 0.0, halve_every: float | None = 2.0) -> None:
         if clock_weight < 0 or (halve_every is not None and halve_every <= 0):
             raise UsageError("clock_weight must be >= 0 and halve_every > 0 (or None)")
         self.clock_weight = clock_weight

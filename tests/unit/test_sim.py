@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from modelshard.errors import UsageError
-from modelshard.scheduler import model_like_sizes, offline_best, simulate, zipf_trace
+from modelshard.scheduler import (
+    GdsfPolicy,
+    PopularityOraclePolicy,
+    model_like_sizes,
+    offline_best,
+    simulate,
+    zipf_popularity,
+    zipf_trace,
+)
 
 
 def test_small_trace_by_hand():
@@ -67,3 +78,40 @@ def test_model_like_sizes_mix_small_and_full_shards():
 def test_unknown_policy():
     with pytest.raises(UsageError, match="unknown; use one of lru, gdsf, belady, belady-size"):
         simulate([0], {0: 1}, budget_bytes=1, policy="arc")
+
+
+def test_cost_aware_policy_ages_by_halving_counts():
+    p = GdsfPolicy(halve_every=1.0)  # halve once the requests reach the number of shards seen
+    p.admit("old", size=10, cost=1.0)  # 1 use, 1 shard seen: halved at once
+    for _ in range(3):
+        p.touch("old")
+    p.admit("new", size=10, cost=1.0)
+    for _ in range(4):
+        p.touch("new")
+    assert list(p.victims()) == ["old", "new"]
+    textbook = GdsfPolicy(clock_weight=1.0, halve_every=None)
+    textbook.admit("a", size=10, cost=1.0)
+    textbook.remove("a", evicted=True)
+    assert textbook.clock == pytest.approx(0.1)
+    with pytest.raises(UsageError):
+        GdsfPolicy(halve_every=0)
+
+
+def test_oracle_policy_knows_the_popularity():
+    sizes = dict.fromkeys(range(8), 10)
+    popularity = dict(enumerate(zipf_popularity(8, seed=2)))
+    trace = zipf_trace(8, 2000, seed=2)
+    oracle = simulate(trace, sizes, budget_bytes=30, policy=PopularityOraclePolicy(popularity))
+    assert oracle.bytes_fetched < simulate(trace, sizes, budget_bytes=30, policy="lru").bytes_fetched
+
+
+def test_benchmark_script_runs(tmp_path, capsys, monkeypatch):
+    path = Path(__file__).parents[2] / "bench" / "bench_scheduler.py"
+    spec = importlib.util.spec_from_file_location("bench_scheduler", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_scheduler", bench)  # dataclasses look it up
+    spec.loader.exec_module(bench)
+    bench.main(["--shards", "16", "--requests", "300", "--seeds", "2", "--out", str(tmp_path)])
+    text = (tmp_path / "scheduler.md").read_text()
+    assert "| lru |" in text and "| offline (Belady) | " in text and "cost-aware" in text
+    assert "wrote" in capsys.readouterr().out
