@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from modelshard.cache.preload import PreloadCache, ShardRef
@@ -119,6 +119,9 @@ class ShardScheduler(Generic[K]):
 
     ``fetch(key)`` is called from several threads at once (never twice at once for one key);
     it returns a buffer of exactly ``sizes[key]`` bytes, or a :class:`Fetched`.
+
+    Call :meth:`close` (or use ``with``) when done: the background thread, started by the
+    first prefetch or by ``idle_timeout_s``, keeps the scheduler alive until then.
     """
 
     def __init__(
@@ -176,12 +179,8 @@ class ShardScheduler(Generic[K]):
         self._queue: deque[K] = deque()
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._n = dict.fromkeys(
-            ("peak_bytes_held", "hits", "misses", "waits", "room_waits", "bytes_fetched", "evictions",
-             "bytes_evicted", "prefetches", "prefetch_hits", "prefetch_skipped",
-             "idle_releases", "local_reads", "remote_reads"),
-            0,
-        )  # fmt: skip
+        gauges = ("budget_bytes", "bytes_held", "pinned_bytes", "resident")
+        self._n = {f.name: 0 for f in fields(SchedulerStats) if f.name not in gauges}
         if idle_timeout_s is not None:
             self._start_thread()
 
