@@ -1,0 +1,462 @@
+"""A node-local, content-addressed, size-bounded disk cache of shards.
+
+Remote shards (HDFS, or any :class:`~modelshard.fs.base.FileSystem`) are copied once to the
+local disk and found again by their sha256::
+
+    <cache_dir>/sha256/ab/abcdef…      verified entries, named by their checksum
+    <cache_dir>/tmp/<hex>.<pid>.<n>    fetches in flight (their size counts against the budget)
+    <cache_dir>/locks/ab/<hex>.lock    one lock per entry, and ``evict.lock`` for eviction
+
+Guarantees:
+
+* an entry is visible only once its bytes match the checksum (temp file, fsync, rename);
+* every use re-hashes the entry, so bytes damaged on disk are dropped and fetched again,
+  never served;
+* the bytes on disk (entries plus fetches in flight) never exceed ``max_bytes``: room is made
+  by evicting the least recently used entries (the entry's mtime is its last use);
+* several processes on one node can share one cache folder (file locks via ``filelock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from filelock import FileLock, Timeout
+
+from modelshard.errors import IntegrityError, StorageError, UsageError
+from modelshard.fs.base import FileSystem
+
+log = logging.getLogger(__name__)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TMP_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<pid>\d+)\.\d+\.part")
+_DEFAULT_CHUNK = 8 << 20
+_HASH_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """The minimal description of one stored shard: where it is, its size and checksum.
+
+    Hashable, so it also serves as a key for :class:`~modelshard.scheduler.ShardScheduler`.
+
+    >>> ShardRef(path="/models/m/v1/shard-00001.safetensors", size=3, sha256="ab" * 32).size
+    3
+    """
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of this process (hits … corrupt_dropped) and the folder's current content."""
+
+    entries: int
+    bytes_used: int  # entries plus fetches in flight, all processes
+    max_bytes: int
+    hits: int
+    misses: int
+    bytes_fetched: int
+    evictions: int
+    bytes_evicted: int
+    corrupt_dropped: int
+
+
+def _check_digest(sha256: str) -> str:
+    digest = sha256.lower()
+    if not _HEX64.fullmatch(digest):
+        raise UsageError(
+            f"{sha256!r}: not a sha256 digest; pass the 64 hex digits from the manifest"
+        )
+    return digest
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PreloadCache:
+    """A shard cache on this node's disk, bounded to ``max_bytes``.
+
+    Example::
+
+        cache = PreloadCache("/var/cache/modelshard", max_bytes=50 << 30)
+        fs, path = get_fs("hdfs:///models/m/v1/shard-00001.safetensors")
+        local = cache.get(fs, path, sha256=digest, size=size)   # fetched once, then local
+        with cache.open(fs, path, sha256=digest, size=size) as f:  # stays readable while open
+            header = f.read(8)
+
+    ``get`` returns a path: another process may evict it later, so open it promptly, or use
+    :meth:`open` / :meth:`read`, whose results stay valid (an open file survives eviction).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        chunk_bytes: int = _DEFAULT_CHUNK,
+        lock_timeout_s: float = 600.0,
+    ) -> None:
+        if max_bytes <= 0:
+            raise UsageError(f"max_bytes={max_bytes}: the cache budget must be positive")
+        if chunk_bytes <= 0:
+            raise UsageError(f"chunk_bytes={chunk_bytes}: the fetch chunk size must be positive")
+        self.dir = os.path.abspath(os.fspath(cache_dir))
+        self.max_bytes = max_bytes
+        self.chunk_bytes = chunk_bytes
+        self.lock_timeout_s = lock_timeout_s
+        self._entries = os.path.join(self.dir, "sha256")
+        self._tmp = os.path.join(self.dir, "tmp")
+        self._locks = os.path.join(self.dir, "locks")
+        self._counter = itertools.count()
+        self._stats_lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            ("hits", "misses", "bytes_fetched", "evictions", "bytes_evicted", "corrupt_dropped"), 0
+        )
+        self._prepare_dir()
+
+    # -- public API --------------------------------------------------------------
+    def get(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> str:
+        """The local path of the verified copy of ``path``, fetching it if needed. Example::
+
+            local = cache.get(fs, "/models/m/v1/shard-00001.safetensors", sha256=d, size=n)
+        """
+        with self.open(fs, path, sha256=sha256, size=size):
+            return self.entry_path(sha256)
+
+    @contextlib.contextmanager
+    def open(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> Iterator[BinaryIO]:
+        """A verified local copy of ``path``, opened for reading at offset 0.
+
+        The open file stays readable even if another process evicts the entry meanwhile.
+        """
+        f = self._open_verified(fs, path, _check_digest(sha256), size)
+        try:
+            yield f
+        finally:
+            f.close()
+
+    def read(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> bytes:
+        """The verified bytes of ``path`` (through the cache)."""
+        with self.open(fs, path, sha256=sha256, size=size) as f:
+            return f.read()
+
+    def contains(self, sha256: str) -> bool:
+        """Whether an entry exists (not re-verified; :meth:`get` verifies on use)."""
+        return os.path.isfile(self.entry_path(sha256))
+
+    def entry_path(self, sha256: str) -> str:
+        digest = _check_digest(sha256)
+        return os.path.join(self._entries, digest[:2], digest)
+
+    def evict_to(self, target_bytes: int) -> int:
+        """Evict least recently used entries until at most ``target_bytes`` are used.
+
+        Entries another process is using are skipped. Returns the bytes freed.
+        """
+        if target_bytes < 0:
+            raise UsageError(f"target_bytes={target_bytes}: must be zero or more")
+        with self._evict_lock():
+            return self._evict_locked(target_bytes)
+
+    def stats(self) -> CacheStats:
+        entries = list(self._scan_entries())
+        with self._stats_lock:
+            counts = dict(self._counts)
+        return CacheStats(
+            entries=len(entries),
+            bytes_used=sum(size for _, size, _ in entries) + self._inflight_bytes(),
+            max_bytes=self.max_bytes,
+            **counts,
+        )
+
+    # -- fetching and verifying ------------------------------------------------------
+    def _open_verified(self, fs: FileSystem, path: str, digest: str, size: int) -> BinaryIO:
+        if size < 0:
+            raise UsageError(f"{path}: size={size}; pass the shard size from the manifest")
+        if size > self.max_bytes:
+            raise UsageError(
+                f"{path}: shard of {size} bytes is larger than the cache budget "
+                f"max_bytes={self.max_bytes}; raise the cache budget"
+            )
+        entry = self.entry_path(digest)
+        with self._entry_lock(digest):
+            f = self._open_if_intact(entry, digest, size)
+            if f is not None:
+                self._count(hits=1)
+                return f
+            self._count(misses=1)
+            self._fetch(fs, path, digest, size, entry)
+            f = self._open_if_intact(entry, digest, size)
+            if f is None:
+                raise IntegrityError(
+                    f"{entry}: the entry for {path} changed right after it was verified; "
+                    "check the disk under the cache folder"
+                )
+            return f
+
+    def _open_if_intact(self, entry: str, digest: str, size: int) -> BinaryIO | None:
+        """The open entry if its bytes still match ``digest``; a damaged entry is deleted."""
+        try:
+            f = open(entry, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+        except FileNotFoundError:
+            return None
+        try:
+            h, n = hashlib.sha256(), 0
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+            if n == size and h.hexdigest() == digest:
+                f.seek(0)
+                self._touch(entry)
+                return f
+        except OSError as e:
+            f.close()
+            raise StorageError(f"{entry}: cannot read the cache entry ({e.strerror or e})") from e
+        f.close()
+        log.warning("%s: cache entry damaged (checksum mismatch); fetching it again", entry)
+        self._count(corrupt_dropped=1)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)
+        return None
+
+    def _fetch(self, fs: FileSystem, path: str, digest: str, size: int, entry: str) -> None:
+        tmp = self._reserve(digest, size)
+        try:
+            h, n = hashlib.sha256(), 0
+            with open(tmp, "r+b") as out, fs.open_read(path) as src:
+                while chunk := src.read(self.chunk_bytes):
+                    n += len(chunk)
+                    if n > size:
+                        break
+                    h.update(chunk)
+                    _write_all(out.fileno(), chunk)
+                # The hash is of the bytes just written; fsync before the rename so that a
+                # crash cannot leave a visible entry whose bytes never reached the disk.
+                os.fsync(out.fileno())
+            if n != size:
+                raise IntegrityError(
+                    f"{path}: expected {size} bytes, the storage has {'more' if n > size else n}; "
+                    "the manifest and the stored shard disagree: verify or re-upload the shard"
+                )
+            if h.hexdigest() != digest:
+                raise IntegrityError(
+                    f"{path}: bytes do not match sha256 {digest}; the stored shard is damaged: "
+                    "verify the model and re-upload this shard"
+                )
+            os.makedirs(os.path.dirname(entry), exist_ok=True)
+            os.rename(tmp, entry)
+            self._fsync_dir(os.path.dirname(entry))
+        except OSError as e:
+            self._discard(tmp)
+            if e.errno == errno.ENOSPC:
+                raise StorageError(
+                    f"{self.dir}: disk full while caching {path}; free space there, lower the "
+                    "cache budget, or pass another folder with --cache-dir"
+                ) from e
+            raise StorageError(f"{self.dir}: cannot cache {path} ({e.strerror or e})") from e
+        except BaseException:
+            self._discard(tmp)
+            raise
+        self._count(bytes_fetched=size)
+
+    def _reserve(self, digest: str, size: int) -> str:
+        """A temp file of ``size`` bytes in the cache, made room for under the budget.
+
+        The temp file is sized before the eviction lock is released, so every process counts
+        it as used: the budget holds for fetches in flight too.
+        """
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            with self._evict_lock():
+                self._evict_locked(self.max_bytes - size)
+                if self._used_bytes() + size <= self.max_bytes:
+                    tmp = os.path.join(
+                        self._tmp, f"{digest}.{os.getpid()}.{next(self._counter)}.part"
+                    )
+                    try:
+                        with open(tmp, "wb") as f:
+                            self._preallocate(f.fileno(), size)
+                    except OSError as e:
+                        self._discard(tmp)
+                        if e.errno == errno.ENOSPC:
+                            raise StorageError(
+                                f"{self.dir}: no space for a {size}-byte shard; free disk space, "
+                                "lower the cache budget, or pass another folder with --cache-dir"
+                            ) from e
+                        raise StorageError(f"{self.dir}: cannot write ({e.strerror or e})") from e
+                    return tmp
+            # Everything left is in use or being fetched by other processes: wait for them.
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"{self.dir}: no room for a {size}-byte shard within max_bytes="
+                    f"{self.max_bytes}, all entries are in use; raise the cache budget"
+                )
+            time.sleep(0.05)
+
+    @staticmethod
+    def _preallocate(fd: int, size: int) -> None:
+        # ftruncate makes the reservation visible (st_size); fallocate also claims the blocks,
+        # so a full disk fails here instead of half way through the fetch.
+        os.ftruncate(fd, size)
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+
+    # -- eviction ----------------------------------------------------------------------
+    def _evict_locked(self, target_bytes: int) -> int:
+        self._clean_stale_tmp()
+        entries = sorted(self._scan_entries(), key=lambda e: e[2])  # oldest use first
+        used = sum(size for _, size, _ in entries) + self._inflight_bytes()
+        freed = 0
+        for digest, size, _ in entries:
+            if used <= target_bytes:
+                break
+            lock = self._lock_for(digest)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # being read or fetched right now
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._entries, digest[:2], digest))
+                    used -= size
+                    freed += size
+                    self._count(evictions=1, bytes_evicted=size)
+            finally:
+                lock.release()
+        return freed
+
+    def _scan_entries(self) -> Iterator[tuple[str, int, float]]:
+        """(digest, size, last use) of every entry."""
+        try:
+            subdirs = list(os.scandir(self._entries))
+        except FileNotFoundError:
+            return
+        for sub in subdirs:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for e in os.scandir(sub.path):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = e.stat()
+                        if _HEX64.fullmatch(e.name):
+                            yield e.name, st.st_size, st.st_mtime
+
+    def _inflight_bytes(self) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.scandir(self._tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    total += e.stat().st_size
+        return total
+
+    def _used_bytes(self) -> int:
+        return sum(size for _, size, _ in self._scan_entries()) + self._inflight_bytes()
+
+    def _clean_stale_tmp(self) -> None:
+        """Remove temp files left by processes that died mid-fetch (they would hold budget)."""
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.scandir(self._tmp):
+                m = _TMP_NAME.fullmatch(e.name)
+                if m and not _pid_alive(int(m["pid"])):
+                    self._discard(e.path)
+
+    # -- locks and small helpers ---------------------------------------------------------
+    def _lock_for(self, digest: str) -> FileLock:
+        # Lock files are never deleted: unlinking a lock file another process waits on would
+        # let two processes hold "the" lock. They are empty, one per shard ever cached.
+        folder = os.path.join(self._locks, digest[:2])
+        os.makedirs(folder, exist_ok=True)
+        return FileLock(os.path.join(folder, digest + ".lock"))
+
+    @contextlib.contextmanager
+    def _entry_lock(self, digest: str) -> Iterator[None]:
+        with self._acquired(self._lock_for(digest), f"entry {digest}"):
+            yield
+
+    @contextlib.contextmanager
+    def _evict_lock(self) -> Iterator[None]:
+        with self._acquired(FileLock(os.path.join(self._locks, "evict.lock")), "eviction"):
+            yield
+
+    @contextlib.contextmanager
+    def _acquired(self, lock: FileLock, what: str) -> Iterator[None]:
+        try:
+            lock.acquire(timeout=self.lock_timeout_s)
+        except Timeout as e:
+            raise StorageError(
+                f"{self.dir}: waited {self.lock_timeout_s:.0f} s for the {what} lock; another "
+                "process holds it (a stuck fetch?); check the processes using this cache folder"
+            ) from e
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _prepare_dir(self) -> None:
+        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{next(self._counter)}")
+        try:
+            for folder in (self._entries, self._tmp, self._locks):
+                os.makedirs(folder, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as e:
+            raise StorageError(
+                f"{self.dir}: the preload cache folder cannot be written ({e.strerror or e}); "
+                "pass a writable folder with --cache-dir or fix the folder's permissions"
+            ) from e
+
+    @staticmethod
+    def _touch(entry: str) -> None:
+        # The mtime is the entry's last use (atime is unreliable under noatime/relatime). An
+        # explicit time: the kernel's own file timestamps are only jiffy-precise.
+        now = time.time_ns()
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(entry, ns=(now, now))
+
+    @staticmethod
+    def _discard(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    @staticmethod
+    def _fsync_dir(folder: str) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for k, v in deltas.items():
+                self._counts[k] += v
