@@ -241,8 +241,8 @@ class Catalog:
         held = sorted(a for a, v in self.aliases(name).items() if v == version and a != LATEST)
         if held:
             raise UsageError(f"{name}@{version} is the target of alias(es) {', '.join(held)}; "
-                             f"move them ('modelshard alias {name} {held[0]} <version>') or "
-                             f"remove them ('modelshard alias --rm {name} {held[0]}') first")
+                             f"move them ('modelshard alias {name}@{held[0]} <version>') or "
+                             f"remove them ('modelshard alias --rm {name}@{held[0]}') first")
         if self.alias_target(name, LATEST) == version:
             rest = [v for v in self.versions(name) if v != version]
             newest = max(rest, key=lambda v: self.manifest(name, v).created, default=None)
