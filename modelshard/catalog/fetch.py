@@ -123,55 +123,54 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
     files: dict[str, list[str]] = {}
     for name, file in manifest.weight_map.items():
         files.setdefault(file, []).append(name)
-    # A stored shard whose tensors are exactly one output file's is copied as it is; the
+    # A stored shard holding exactly one output file's whole tensors is copied as it is; the
     # others are copied aside and their tensors rewritten into the output files.
-    verbatim = {}
-    for shard in manifest.shards:
-        held = [n for n, t in manifest.tensors.items() if t.pieces[0].shard == shard.path]
-        file = posixpath.basename(shard.path)
-        if all(not manifest.tensors[n].is_split for n in held) and sorted(files.get(file, [])) \
-                == sorted(held):
-            verbatim[shard.path] = file
-    stored = posixpath.join(tmp, ".stored")
-
-    def target(shard: ShardRecord) -> str:
-        return posixpath.join(tmp, verbatim.get(shard.path) or posixpath.join(
-            ".stored", posixpath.basename(shard.path)))
+    pieces: dict[str, list[tuple[str, bool]]] = {s.path: [] for s in manifest.shards}
+    for name, t in manifest.tensors.items():
+        for p in t.pieces:
+            pieces[p.shard].append((name, t.is_split))
+    copies = {}
+    for path, held in pieces.items():
+        file = posixpath.basename(path)
+        whole = not any(split for _, split in held)
+        same = sorted(files.get(file, [])) == sorted(name for name, _ in held)
+        copies[path] = posixpath.join(tmp, file if whole and same else f".stored/{file}")
 
     vdir = catalog.version_dir(manifest.name, manifest.version)
     src_fs = catalog.fs
 
     def copy(shard: ShardRecord, progress: Progress) -> None:
-        with fs.open_write(target(shard)) as out:
+        with fs.open_write(copies[shard.path]) as out:
             _stream(src_fs, posixpath.join(vdir, shard.path), shard, out.write, progress)
 
     desc = f"pull {manifest.name}@{manifest.version}"
     run_all(copy, manifest.shards, workers=workers, total=_size(manifest.shards), desc=desc)
-    rebuild = sorted(f for f in files if f not in verbatim.values())
+    rebuild = sorted(f for f in files if posixpath.join(tmp, f) not in copies.values())
 
     def build(file: str, progress: Progress) -> None:
         names = sorted(files[file], key=lambda n: (-manifest.tensors[n].dtype.itemsize, n))
         items = [ShardItem(n, manifest.tensors[n].dtype, manifest.tensors[n].shape,
-                           _piece_reader(fs, stored, manifest.tensors[n])) for n in names]
+                           _piece_reader(fs, copies, manifest.tensors[n])) for n in names]
         with fs.open_write(posixpath.join(tmp, file)) as out:
             write_shard(out, items, progress)
 
     total = sum(manifest.tensors[n].nbytes for f in rebuild for n in files[f])
     run_all(build, rebuild, workers=workers, total=total, desc=desc)
-    fs.delete(stored, recursive=True)
+    fs.delete(posixpath.join(tmp, ".stored"), recursive=True)
     fs.write_bytes(posixpath.join(tmp, INDEX), json.dumps(manifest.hf_index(), indent=2,
                                                           ensure_ascii=False).encode("utf-8"))
 
 
-def _piece_reader(fs: FileSystem, stored: str, t: TensorRecord) -> Callable[[int, int], bytes]:
-    """Read bytes of a tensor from its (verified) pieces, which follow each other by rows."""
+def _piece_reader(fs: FileSystem, copies: dict[str, str], t: TensorRecord
+                  ) -> Callable[[int, int], bytes]:
+    """Read bytes of a tensor from the verified copies of its pieces' shards; the pieces
+    follow each other by rows."""
     def read(offset: int, n: int) -> bytes:
         out, start = [], 0
         for p in t.pieces:
             lo, hi = max(offset, start), min(offset + n, start + p.end - p.begin)
             if lo < hi:
-                path = posixpath.join(stored, posixpath.basename(p.shard))
-                out.append(fs.read_range(path, p.begin + lo - start, hi - lo))
+                out.append(fs.read_range(copies[p.shard], p.begin + lo - start, hi - lo))
             start += p.end - p.begin
         return b"".join(out)
 
