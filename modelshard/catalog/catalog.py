@@ -35,7 +35,7 @@ from modelshard.catalog.keys import (
 )
 from modelshard.catalog.manifest import MANIFEST, Manifest
 from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
-from modelshard.fs import get_fs
+from modelshard.fs import FileInfo, get_fs
 
 ENV = "MODELSHARD_CATALOG"
 _RETRIES = 50
@@ -131,14 +131,20 @@ class Catalog:
                                 f"{key.name}@<version>' or 'modelshard ls {key.name}' helps")
         return key.name, version
 
-    def _ls(self, path: str) -> list:
-        try:
-            return self.fs.ls(path)
-        except NotFoundError:
-            return []
+    def _ls(self, path: str) -> list[FileInfo]:
+        """Entries of ``path``; none if it does not exist. Listing can race with an entry
+        being removed (an alias pruned, a version discarded): then list again."""
+        for _ in range(_RETRIES):
+            try:
+                return self.fs.ls(path)
+            except NotFoundError:
+                if not self.fs.exists(path):
+                    return []
+        raise StorageError(f"{self.fs.uri(path)}: entries keep vanishing while listed; retry")
 
     # -- aliases ---------------------------------------------------------------------------
     def _alias_log(self, name: str, alias: str) -> list[tuple[int, str]]:
+        """(seq, path) of the alias's entries, oldest first."""
         return sorted((int(posixpath.basename(i.path)), i.path)
                       for i in self._ls(self._alias_dir(name, alias))
                       if posixpath.basename(i.path).isdigit())
@@ -147,10 +153,13 @@ class Catalog:
         """The version ``alias`` points at, or None."""
         for _ in range(_RETRIES):
             log = self._alias_log(name, alias)
-            if not log:
-                return None
             try:
-                return json.loads(self.fs.read_bytes(log[-1][1]))["version"]
+                for _, path in reversed(log):
+                    try:
+                        return json.loads(self.fs.read_bytes(path))["version"]
+                    except ValueError:
+                        continue  # still being written: the previous entry holds
+                return None
             except NotFoundError:
                 continue  # pruned by a concurrent move: read the log again
         raise StorageError(f"{name}@{alias}: the alias keeps moving; retry")
@@ -245,7 +254,8 @@ class Catalog:
                              f"remove them ('modelshard alias --rm {name}@{held[0]}') first")
         if self.alias_target(name, LATEST) == version:
             rest = [v for v in self.versions(name) if v != version]
-            newest = max(rest, key=lambda v: self.manifest(name, v).created, default=None)
+            newest = max(rest, default=None,
+                         key=lambda v: (self.manifest(name, v).created, version_order(v)))
             self.set_alias(name, LATEST, newest)
         self._discard(self.version_dir(name, version), f"{name}-{version}")
 

@@ -106,7 +106,8 @@ def test_damaged_shard_fails_pull_and_verify(catalog, pushed, tmp_path, how):
     with pytest.raises(IntegrityError, match=shard):
         modelshard.pull("m", tmp_path / "out", catalog=catalog)
     assert os.listdir(tmp_path) == ["catalog"]  # no folder, no partial folder
-    with pytest.raises(IntegrityError, match=f"1 of {len(pushed.shards)} shards damaged: .*{shard}"):
+    count = len(pushed.shards)
+    with pytest.raises(IntegrityError, match=f"1 of {count} shards damaged: .*{shard}"):
         modelshard.verify("m", catalog=catalog)
 
 
