@@ -1,7 +1,8 @@
 """Which tensor goes into which shard: shards balanced by bytes, big tensors split by rows.
 
 The plan is LPT (longest processing time first): pieces sorted largest first go one by one
-into the currently smallest of ``ceil(total / shard_size)`` shards, which keeps the largest
+into the currently smallest of ``ceil(total / shard_size)`` shards (sizes count the bytes in
+the file, header entries included), which keeps the largest
 shard within 4/3 of the optimum, unlike filling shards greedily in key order. A tensor
 larger than the shard size is cut along its first dimension into row ranges of nearly equal
 size, stored as separate entries and reassembled on load. Equal input gives an equal plan.
@@ -19,6 +20,8 @@ from modelshard.shards.dtypes import DType
 from modelshard.shards.format import nbytes_of
 
 DEFAULT_SHARD_SIZE = 128 * 1024 * 1024  # one HDFS block
+# JSON around a key in a header: '"":{"dtype":"BF16","shape":[4096,4096],"data_offsets":[..]},'
+HEADER_ENTRY = 80
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class Piece:
     @property
     def nbytes(self) -> int:
         return nbytes_of(self.shape, self.dtype)
+
+    @property
+    def cost(self) -> int:
+        """Bytes in the shard file: the data and about its header entry."""
+        return self.nbytes + len(self.key.encode("utf-8")) + HEADER_ENTRY
 
 
 @dataclass(frozen=True)
@@ -115,13 +123,13 @@ def plan(tensors: Sequence[TensorMeta], shard_size: int = DEFAULT_SHARD_SIZE) ->
             raise UsageError(f"tensor {p.name!r}: its split piece {p.key!r} has the name of "
                              "another tensor; rename that tensor or raise shard_size")
         keys.add(p.key)
-    total = sum(p.nbytes for p in pieces)
+    total = sum(p.cost for p in pieces)
     bins: list[list[Piece]] = [[] for _ in range(max(1, math.ceil(total / shard_size)))]
     heap = [(0, i) for i in range(len(bins))]
-    for p in sorted(pieces, key=lambda p: (-p.nbytes, p.name, p.offset)):
+    for p in sorted(pieces, key=lambda p: (-p.cost, p.name, p.offset)):
         load, i = heapq.heappop(heap)
         bins[i].append(p)
-        heapq.heappush(heap, (load + p.nbytes, i))
+        heapq.heappush(heap, (load + p.cost, i))
     bins = [b for b in bins if b]
     # Larger items first keeps every tensor aligned to its itemsize (the data starts at a
     # multiple of 8), so readers can map the bytes without copying.

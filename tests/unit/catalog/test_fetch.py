@@ -15,7 +15,7 @@ from modelshard.fs import LocalFileSystem
 from tests.store_data import assert_same, sample_state
 
 STATE = sample_state()
-SPLIT = 1024  # bytes: f32 (4800 bytes) and the named 8x8 tensor are split by rows
+SPLIT = 1024  # bytes: f32 (4800 bytes) is split by rows
 
 
 @pytest.fixture(params=[SPLIT, 1 << 20], ids=["split", "whole"])

@@ -35,8 +35,9 @@ def test_every_tensor_is_placed_once():
 
 def test_balanced_where_key_order_greedy_is_not():
     # Filling shards in key order would give [900], [900], [100 x 9] ...; LPT evens them out.
-    tensors = [t("a", 900), t("b", 900)] + [t(f"c{i}", 100) for i in range(18)]
-    s = spread(plan(tensors, 1000))
+    k = 1000
+    tensors = [t("a", 900 * k), t("b", 900 * k)] + [t(f"c{i}", 100 * k) for i in range(18)]
+    s = spread(plan(tensors, 1000 * k))
     assert s.count == 4
     assert s.imbalance < 1.03
 
@@ -69,8 +70,7 @@ def test_big_tensor_is_split_into_row_ranges():
 
 def test_split_pieces_go_to_different_shards():
     plans = plan([TensorMeta("emb", F32, (12, 100))], 1600)
-    assert len(plans) == 3
-    assert [[p.rows for p in s.pieces] for s in plans] == [[(0, 4)], [(4, 8)], [(8, 12)]]
+    assert sorted([p.rows for p in s.pieces] for s in plans) == [[(0, 4)], [(4, 8)], [(8, 12)]]
 
 
 @pytest.mark.parametrize("shape", [(1, 5000), (), (0, 10)])
@@ -80,7 +80,7 @@ def test_tensors_that_cannot_be_split_stay_whole(shape):
 
 
 def test_empty_and_scalar_tensors_are_placed():
-    plans = plan([TensorMeta("e", F32, (0, 3)), TensorMeta("s", F64, ())], 100)
+    plans = plan([TensorMeta("e", F32, (0, 3)), TensorMeta("s", F64, ())], 1000)
     assert len(plans) == 1
     assert [p.name for p in plans[0].pieces] == ["s", "e"]
 
@@ -105,6 +105,15 @@ def test_piece_key_colliding_with_a_tensor_name_is_refused():
 def test_bad_shard_size(bad):
     with pytest.raises(UsageError, match="shard_size"):
         plan([t("w", 10)], bad)
+
+
+def test_header_bytes_count_towards_balance():
+    # 40 one-byte tensors with long names take about as much file as one 7000-byte tensor.
+    tiny = [TensorMeta("x" * 100 + str(i), U8, (1,)) for i in range(40)]
+    plans = plan([*tiny, t("big", 7000)], 8000)
+    assert len(plans) == 2
+    with_big = next(p for p in plans if any(x.name == "big" for x in p.pieces))
+    assert len(with_big.pieces) <= 3
 
 
 def test_spread():
