@@ -17,6 +17,7 @@ the new target, never none, and concurrent moves are ordered (the last one wins)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -185,10 +186,12 @@ class Catalog:
                 self.fs.create_exclusive(posixpath.join(folder, f"{seq:012d}"), doc)
             except AlreadyExistsError:
                 continue  # a concurrent move took this number; ours comes after it
-            # Keep the previous entry: a reader may have just listed it.
+            # Keep the previous entry: a reader may have just listed it. A concurrent move
+            # may be pruning the same entries.
             for old_seq, path in log:
                 if old_seq < seq - 1:
-                    self.fs.delete(path)
+                    with contextlib.suppress(NotFoundError):
+                        self.fs.delete(path)
             return
         raise StorageError(f"{name}@{alias}: could not move the alias; too many concurrent moves")
 
@@ -285,7 +288,8 @@ class Catalog:
         found += [Removed(i.path, "trash") for i in self._ls(posixpath.join(self.root, ".trash"))]
         if not dry_run:
             for item in found:
-                self.fs.delete(item.path, recursive=True)
+                with contextlib.suppress(NotFoundError):  # a concurrent gc got there first
+                    self.fs.delete(item.path, recursive=True)
         return found
 
     def _newest_mtime(self, path: str) -> float:

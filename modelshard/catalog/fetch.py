@@ -42,9 +42,9 @@ def _stream(fs: FileSystem, path: str, shard: ShardRecord, sink: Callable[[bytes
     with fs.open_read(path) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
-            size += len(chunk)
-            if size <= shard.size:
+            if size + len(chunk) <= shard.size:  # a longer file fails below
                 sink(chunk)
+            size += len(chunk)
             progress(len(chunk))
     if (size, digest.hexdigest()) != (shard.size, shard.sha256):
         raise _mismatch(fs.uri(path), shard, size, digest.hexdigest())
@@ -58,8 +58,14 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
     vdir = catalog.version_dir(manifest.name, manifest.version)
 
     def read(shard: ShardRecord, progress: Progress) -> bytearray:
-        buf = bytearray()
-        _stream(catalog.fs, posixpath.join(vdir, shard.path), shard, buf.extend, progress)
+        buf, pos = bytearray(shard.size), 0
+
+        def sink(chunk: bytes) -> None:
+            nonlocal pos
+            buf[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+
+        _stream(catalog.fs, posixpath.join(vdir, shard.path), shard, sink, progress)
         return buf
 
     bufs = run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),

@@ -48,7 +48,8 @@ def test_every_verb_with_json(capsys, catalog, source, tmp_path):
     assert run_json(capsys, "push", source, "m", "--shard-size", "1K", "--alias", "prod", *c) \
         == {"name": "m", "version": "1", "tensors": 2, "shards": 3, "total_size": 2424}
     rows = run_json(capsys, "ls", *c)
-    assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [("m", "1", ["latest", "prod"])]
+    assert [(r["name"], r["version"], r["aliases"]) for r in rows] == \
+        [("m", "1", ["latest", "prod"])]
     shown = run_json(capsys, "show", "m@prod", "--tensors", *c)
     assert shown["split_tensors"] == ["w"] and shown["spread"]["count"] == 3
     assert shown["tensor_list"]["w"] == {"dtype": "F32", "shape": [20, 30], "pieces": 3}
@@ -64,10 +65,12 @@ def test_every_verb_with_json(capsys, catalog, source, tmp_path):
     assert run_json(capsys, "ls", *c) == []
 
 
-def test_human_output(capsys, catalog, source):
+def test_human_output(capsys, catalog, source, tmp_path):
     c = ["--catalog", catalog.uri]
-    rc, out, _ = run(capsys, "push", source, "m", *c)
-    assert (rc, out) == (0, "pushed m@1: 2 tensors, 1 shards, 2.4 KiB\n")
+    # Off a terminal there is no progress bar: stderr stays empty.
+    assert run(capsys, "push", source, "m", *c) == (
+        0, "pushed m@1: 2 tensors, 1 shards, 2.4 KiB\n", "")
+    assert run(capsys, "pull", "m", tmp_path / "out", *c)[2] == ""
     rc, out, _ = run(capsys, "ls", *c)
     assert out.splitlines()[1].split()[:2] == ["m", "1"]
     rc, out, _ = run(capsys, "show", "m", *c)
