@@ -20,8 +20,12 @@ from modelshard.catalog.sources import SourceTensor
 from modelshard.catalog.transfer import Progress, run_all
 from modelshard.errors import IntegrityError, ModelShardError, UsageError
 from modelshard.shards import planner
-from modelshard.shards.format import ShardItem, Written, sha256_of, write_shard
+from modelshard.shards.format import ShardItem, Written, encode_header, sha256_of, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
+
+# HDFS block sizes must be multiples of the checksum chunk and at least
+# dfs.namenode.fs-limits.min-block-size (1 MiB by default).
+BLOCK_UNIT = 1024 * 1024
 
 
 def push_tensors(catalog: Catalog, name: str, version: str | None,
@@ -42,7 +46,11 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
         def write(plan: ShardPlan, progress: Progress) -> Written:
             items = [ShardItem(p.key, p.dtype, p.shape, _reader(by_name[p.name], p))
                      for p in plan.pieces]
-            with fs.open_write(posixpath.join(staging, "shards", plan.filename)) as out:
+            size = len(encode_header(items)[0]) + plan.nbytes
+            # One HDFS block per shard: a reader of the shard needs a single DataNode.
+            block = -(-size // BLOCK_UNIT) * BLOCK_UNIT
+            with fs.open_write(posixpath.join(staging, "shards", plan.filename),
+                               block_size=block) as out:
                 return write_shard(out, items, progress)
 
         total = sum(p.nbytes for p in plans)

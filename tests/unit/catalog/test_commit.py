@@ -166,3 +166,19 @@ def test_empty_source_is_refused(catalog):
     with pytest.raises(modelshard.ModelShardError, match="holds no tensors"):
         modelshard.push({}, "m", catalog=catalog)
     assert tree(catalog) == []
+
+
+def test_each_shard_is_written_as_one_block(catalog, monkeypatch):
+    asked = {}
+    real = type(catalog.fs).open_write
+
+    def open_write(self, path, **kwargs):
+        asked[path.rsplit("/", 1)[-1]] = kwargs.get("block_size")
+        return real(self, path, **kwargs)
+
+    monkeypatch.setattr(type(catalog.fs), "open_write", open_write)
+    m = modelshard.push({"w": np.zeros((3, 1 << 20), np.uint8)}, "m", catalog=catalog,
+                        shard_size=2 << 20)
+    for s in m.shards:
+        block = asked[s.path.rsplit("/", 1)[-1]]
+        assert block % (1 << 20) == 0 and s.size <= block < s.size + (1 << 20)
