@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.keys import LATEST, check_alias
+from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import MANIFEST, Manifest, PieceRecord, ShardRecord, TensorRecord
 from modelshard.catalog.sources import SourceTensor
 from modelshard.catalog.transfer import Progress, run_all
@@ -31,11 +31,10 @@ BLOCK_UNIT = 1024 * 1024
 def push_tensors(catalog: Catalog, name: str, version: str | None,
                  tensors: Sequence[SourceTensor], *, shard_size: int, workers: int,
                  aliases: Sequence[str] = ()) -> Manifest:
-    """Commit ``tensors`` as ``name@version`` (None: the next number) and return its manifest."""
+    """Commit ``tensors`` as ``name@version`` (None: the next number), point ``latest`` and
+    ``aliases`` (already checked) at it, and return its manifest."""
     if not tensors:
         raise UsageError(f"push of {name}: the source holds no tensors")
-    for alias in aliases:
-        check_alias(alias)
     plans = planner.plan(tensors, shard_size)
     by_name = {t.name: t for t in tensors}
     fs = catalog.fs

@@ -149,3 +149,18 @@ def test_aliases_given_as_one_string(catalog):
 def test_gc_bad_age(catalog, bad):
     with pytest.raises(UsageError, match="older_than"):
         modelshard.gc(older_than=bad, catalog=catalog)
+
+
+def test_unknown_manifest_schema_version_in_the_catalog(catalog):
+    modelshard.push(STATE, "m", catalog=catalog)
+    path = f"{catalog.version_dir('m', '1')}/manifest.json"
+    doc = json.loads(catalog.fs.read_bytes(path))
+    doc["schema_version"] = 99
+    with catalog.fs.open_write(path) as f:
+        f.write(json.dumps(doc).encode())
+    for call in (lambda: modelshard.show("m", catalog=catalog),
+                 lambda: modelshard.pull("m", catalog=catalog),
+                 lambda: modelshard.ls(catalog=catalog)):
+        with pytest.raises(FormatError, match="manifest.json: manifest schema_version 99 is "
+                                              "unknown; this modelshard reads version 1"):
+            call()
