@@ -112,8 +112,6 @@ def pull(key: str, dest: str | os.PathLike | None = None, *,
     """
     cat = _catalog(catalog)
     check_workers(workers)
-    if framework not in fetch.FRAMEWORKS:
-        raise UsageError(f"framework={framework!r}: choose one of {', '.join(fetch.FRAMEWORKS)}")
     manifest = cat.manifest(*cat.resolve(key))
     if dest is None:
         return fetch.load(cat, manifest, framework=framework, workers=workers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.keys import LATEST
@@ -61,7 +61,8 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
     except BaseException:
         _abandon(catalog, name, version, staging)
         raise
-    catalog.release(name, version)
+    with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
+        catalog.release(name, version)
     for alias in (LATEST, *aliases):
         catalog.set_alias(name, alias, version)
     return manifest
@@ -72,10 +73,11 @@ def _abandon(catalog: Catalog, name: str, version: str, staging: str) -> None:
     killed before this runs leaves the same for ``gc``."""
     with contextlib.suppress(ModelShardError):
         catalog.fs.delete(staging, recursive=True)
+    with contextlib.suppress(ModelShardError):
         catalog.release(name, version)
 
 
-def _reader(tensor: SourceTensor, piece: Piece):
+def _reader(tensor: SourceTensor, piece: Piece) -> Callable[[int, int], bytes | memoryview]:
     return lambda offset, n: tensor.read(piece.offset + offset, n)
 
 
