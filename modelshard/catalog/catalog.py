@@ -245,6 +245,7 @@ class Catalog:
     def _discard(self, path: str, label: str) -> None:
         """Hide ``path`` with one rename, then delete it: no half-deleted version is seen."""
         trash = posixpath.join(self.root, ".trash", f"{label}-{uuid.uuid4().hex}")
+        self.fs.mkdirs(posixpath.dirname(trash))
         self.fs.rename(path, trash)
         self.fs.delete(trash, recursive=True)
 

@@ -117,7 +117,7 @@ def export(catalog: Catalog, manifest: Manifest, dest: str, *, workers: int) -> 
         _export_into(catalog, manifest, fs, tmp, workers=workers)
         if existed:
             fs.delete(path)
-        fs.rename(tmp, path)
+        fs.rename(tmp, path)  # tmp is a sibling: the parent exists
     except BaseException:
         fs.delete(tmp, recursive=True)
         raise
