@@ -2,7 +2,9 @@
 catalog, budgeted loading, and Hadoop Streaming jobs for training, prediction and resharding.
 """
 
+from modelshard.api import alias, gc, ls, pull, push, rm, show, verify
 from modelshard.errors import ModelShardError
 
 __version__ = "0.1.0"
-__all__ = ["ModelShardError", "__version__"]
+__all__ = ["ModelShardError", "__version__", "alias", "gc", "ls", "pull", "push", "rm", "show",
+           "verify"]

@@ -1,0 +1,5 @@
+import sys
+
+from modelshard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The verbs of the model store. Every one takes ``catalog=`` (a URI, a :class:`Catalog` or
+None for ``$MODELSHARD_CATALOG`` / ``~/.modelshard/catalog``) and raises only
+:class:`~modelshard.errors.ModelShardError` subclasses on purpose.
+
+>>> import numpy as np, modelshard
+>>> m = modelshard.push({"w": np.ones((2, 3), np.float32)}, "demo", catalog="/tmp/cat")
+>>> modelshard.pull("demo", catalog="/tmp/cat")["w"].shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from modelshard.catalog import fetch
+from modelshard.catalog.catalog import Catalog, Removed
+from modelshard.catalog.commit import push_tensors
+from modelshard.catalog.keys import LATEST, check_alias, check_version, parse_key
+from modelshard.catalog.manifest import Manifest
+from modelshard.catalog.sources import open_source
+from modelshard.catalog.transfer import DEFAULT_WORKERS, check_workers
+from modelshard.errors import UsageError
+from modelshard.shards.planner import DEFAULT_SHARD_SIZE, Spread
+
+DEFAULT_GC_AGE = 24 * 3600.0
+
+
+def _catalog(catalog: str | os.PathLike | Catalog | None) -> Catalog:
+    return catalog if isinstance(catalog, Catalog) else Catalog(
+        os.fspath(catalog) if catalog is not None else None)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One committed version, as ``ls`` lists it."""
+
+    name: str
+    version: str
+    created: str
+    total_size: int
+    shards: int
+    tensors: int
+    aliases: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``show`` tells about a version: its summary, shard spread and manifest."""
+
+    info: VersionInfo
+    shard_size: int
+    spread: Spread
+    split_tensors: tuple[str, ...]
+    manifest: Manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info.to_dict(), "shard_size": self.shard_size,
+                "spread": asdict(self.spread), "split_tensors": list(self.split_tensors),
+                "tensor_list": {n: {"dtype": t.dtype.name, "shape": list(t.shape),
+                                    "pieces": len(t.pieces)}
+                                for n, t in self.manifest.tensors.items()}}
+
+
+def _info(cat: Catalog, m: Manifest, aliases: Mapping[str, str]) -> VersionInfo:
+    return VersionInfo(m.name, m.version, m.created, m.total_size, len(m.shards),
+                       len(m.tensors), tuple(sorted(a for a, v in aliases.items()
+                                                    if v == m.version)))
+
+
+def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
+         shard_size: int = DEFAULT_SHARD_SIZE, workers: int = DEFAULT_WORKERS,
+         aliases: Sequence[str] = ()) -> Manifest:
+    """Store ``source`` as a new version of a model and return its manifest.
+
+    ``source``: a dict of numpy arrays / torch tensors, a ``.safetensors`` file, a PyTorch
+    state_dict file (``.pt``, ``.pth``, ``.bin``), a Hugging Face model folder or a folder of
+    ``.npy`` files. ``key``: ``name`` (next version number) or ``name@version``. The version
+    appears atomically, then ``latest`` and each of ``aliases`` point at it::
+
+        push("bert-base/", "bert", aliases=["prod"])   # -> bert@1, bert@latest, bert@prod
+    """
+    k = parse_key(key)
+    if k.ref is not None and not k.is_version:
+        raise UsageError(f"push to {key}: {k.ref!r} is an alias; push to {k.name} and pass "
+                         f"aliases=[{k.ref!r}] (--alias {k.ref}) to move it")
+    check_workers(workers)
+    aliases = [aliases] if isinstance(aliases, str) else list(aliases)
+    for alias in aliases:
+        check_alias(alias)
+    tensors = open_source(source)
+    return push_tensors(_catalog(catalog), k.name, k.ref, tensors, shard_size=shard_size,
+                        workers=workers, aliases=aliases)
+
+
+def pull(key: str, dest: str | os.PathLike | None = None, *,
+         catalog: str | Catalog | None = None, framework: str = "numpy",
+         workers: int = DEFAULT_WORKERS) -> dict[str, Any] | str:
+    """Fetch a version, checking every shard's sha256.
+
+    With ``dest``: write a new or empty folder of safetensors files plus
+    ``model.safetensors.index.json`` (Hugging Face tools load it as is) and return its URI.
+    Without: return ``{name: array}`` of writable numpy arrays, or torch tensors with
+    ``framework="torch"``; split tensors come back whole::
+
+        weights = pull("bert@prod", framework="torch")
+    """
+    cat = _catalog(catalog)
+    check_workers(workers)
+    manifest = cat.manifest(*cat.resolve(key))
+    if dest is None:
+        return fetch.load(cat, manifest, framework=framework, workers=workers)
+    return fetch.export(cat, manifest, os.fspath(dest), workers=workers)
+
+
+def ls(name: str | None = None, *, catalog: str | Catalog | None = None) -> list[VersionInfo]:
+    """Every committed version of model ``name``, or of all models::
+
+        [v.version for v in ls("bert")]   # ['1', '2']
+    """
+    cat = _catalog(catalog)
+    out = []
+    for model in [parse_key(name).name] if name else cat.models():
+        aliases = cat.aliases(model)
+        out += [_info(cat, cat.manifest(model, v), aliases) for v in cat.versions(model)]
+    return out
+
+
+def show(key: str, *, catalog: str | Catalog | None = None) -> Report:
+    """Details of one version, including the spread of its shard sizes::
+
+        show("bert").spread.imbalance   # max shard size / mean, 1.0 is perfect
+    """
+    cat = _catalog(catalog)
+    name, version = cat.resolve(key)
+    m = cat.manifest(name, version)
+    return Report(_info(cat, m, cat.aliases(name)), m.shard_size,
+                  Spread.of([s.size for s in m.shards]),
+                  tuple(n for n, t in m.tensors.items() if t.is_split), m)
+
+
+def verify(key: str, *, catalog: str | Catalog | None = None,
+           workers: int = DEFAULT_WORKERS) -> VersionInfo:
+    """Recompute every shard's sha256 from storage and check the headers; raise
+    IntegrityError naming each damaged shard::
+
+        verify("bert@3")
+    """
+    cat = _catalog(catalog)
+    check_workers(workers)
+    name, version = cat.resolve(key)
+    m = cat.manifest(name, version)
+    fetch.verify(cat, m, workers=workers)
+    return _info(cat, m, cat.aliases(name))
+
+
+def rm(key: str, *, confirm: bool = False, catalog: str | Catalog | None = None) -> None:
+    """Remove ``name@version``, or with a bare ``name`` the whole model; ``confirm=True`` is
+    required. A version that a user alias points at is kept until the alias moves; ``latest``
+    falls back to the newest remaining version::
+
+        rm("bert@1", confirm=True)
+    """
+    k = parse_key(key)
+    if k.ref is not None and not k.is_version:
+        raise UsageError(f"rm {key}: name a version (rm {k.name}@<version>) or the whole "
+                         f"model (rm {k.name}), not an alias")
+    if confirm is not True:
+        raise UsageError(f"rm {key}: removing is permanent; pass confirm=True (--yes)")
+    cat = _catalog(catalog)
+    if k.ref is None:
+        cat.remove_model(k.name)
+    else:
+        cat.remove_version(k.name, k.ref)
+
+
+def alias(key: str, target: str | int | None = None, *, remove: bool = False,
+          catalog: str | Catalog | None = None) -> str | None:
+    """Point ``name@alias`` at ``target`` (a version, or an alias to copy) and return that
+    version; without ``target`` return where it points; ``remove=True`` deletes it. Moves are
+    atomic: readers see the old or the new version::
+
+        alias("bert@prod", 3)
+    """
+    k = parse_key(key)
+    if k.ref is None or k.is_version:
+        raise UsageError(f"alias {key}: give name@alias, e.g. {k.name}@prod")
+    cat = _catalog(catalog)
+    if remove:
+        if target is not None:
+            raise UsageError(f"alias {key}: give a target or remove=True, not both")
+        cat.resolve(k)  # an error if there is no such alias
+        cat.set_alias(k.name, k.ref, None)
+        return None
+    if target is None:
+        return cat.resolve(k)[1]
+    ref = check_version(target) if isinstance(target, int) else str(target)
+    _, version = cat.resolve(f"{k.name}@{ref}")
+    cat.set_alias(k.name, k.ref, version)
+    return version
+
+
+def gc(*, older_than: float = DEFAULT_GC_AGE, dry_run: bool = False,
+       catalog: str | Catalog | None = None) -> list[Removed]:
+    """Remove what crashed pushes and removals left behind (staging folders and claims idle
+    for ``older_than`` seconds, claims of committed versions, the trash)::
+
+        gc(older_than=0)   # only when no push is running
+    """
+    if isinstance(older_than, bool) or not isinstance(older_than, int | float) or older_than < 0:
+        raise UsageError(f"older_than={older_than!r}: give a number of seconds, at least 0")
+    return _catalog(catalog).gc(older_than, dry_run=dry_run)
+
+
+__all__ = ["LATEST", "Report", "VersionInfo", "alias", "gc", "ls", "pull", "push", "rm",
+           "show", "verify"]

@@ -1,0 +1,129 @@
+"""Pushing a version atomically: claim the version, write the shards into a staging folder,
+re-read them from storage to check their sha256, write the manifest last, publish the folder
+with one rename, release the claim, then move ``latest`` and the requested aliases.
+
+Until the rename nothing is visible; a push that fails cleans up after itself, and what a
+killed push leaves (staging folder, claim) is invisible and removed by ``gc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import time
+from collections.abc import Callable, Sequence
+
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.keys import LATEST
+from modelshard.catalog.manifest import MANIFEST, Manifest, PieceRecord, ShardRecord, TensorRecord
+from modelshard.catalog.sources import SourceTensor
+from modelshard.catalog.transfer import Progress, run_all
+from modelshard.errors import IntegrityError, ModelShardError, UsageError
+from modelshard.shards import planner
+from modelshard.shards.format import ShardItem, Written, encode_header, sha256_of, write_shard
+from modelshard.shards.planner import Piece, ShardPlan
+
+# HDFS block sizes must be multiples of the checksum chunk and at least
+# dfs.namenode.fs-limits.min-block-size (1 MiB by default).
+BLOCK_UNIT = 1024 * 1024
+
+
+def push_tensors(catalog: Catalog, name: str, version: str | None,
+                 tensors: Sequence[SourceTensor], *, shard_size: int, workers: int,
+                 aliases: Sequence[str] = ()) -> Manifest:
+    """Commit ``tensors`` as ``name@version`` (None: the next number), point ``latest`` and
+    ``aliases`` (already checked) at it, and return its manifest."""
+    if not tensors:
+        raise UsageError(f"push of {name}: the source holds no tensors")
+    plans = planner.plan(tensors, shard_size)
+    by_name = {t.name: t for t in tensors}
+    fs = catalog.fs
+    catalog.create()
+    version = catalog.claim(name, version)
+    staging = catalog.new_staging_dir(name, version)
+    try:
+        def write(plan: ShardPlan, progress: Progress) -> Written:
+            items = [ShardItem(p.key, p.dtype, p.shape, _reader(by_name[p.name], p))
+                     for p in plan.pieces]
+            size = len(encode_header(items)[0]) + plan.nbytes
+            # One HDFS block per shard: a reader of the shard needs a single DataNode.
+            block = -(-size // BLOCK_UNIT) * BLOCK_UNIT
+            with fs.open_write(posixpath.join(staging, "shards", plan.filename),
+                               block_size=block) as out:
+                return write_shard(out, items, progress)
+
+        total = sum(p.nbytes for p in plans)
+        written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
+        _check_stored(catalog, staging, plans, written, workers=workers)
+        manifest = _manifest(name, version, shard_size, plans, written)
+        fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
+        catalog.publish(name, version, staging)
+    except BaseException:
+        _abandon(catalog, name, version, staging)
+        raise
+    with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
+        catalog.release(name, version)
+    for alias in (LATEST, *aliases):
+        catalog.set_alias(name, alias, version)
+    return manifest
+
+
+def _abandon(catalog: Catalog, name: str, version: str, staging: str) -> None:
+    """Undo a failed push, best effort: the push's own error is the one to report. A push
+    killed before this runs leaves the same for ``gc``."""
+    with contextlib.suppress(ModelShardError):
+        catalog.fs.delete(staging, recursive=True)
+    with contextlib.suppress(ModelShardError):
+        catalog.release(name, version)
+
+
+def _reader(tensor: SourceTensor, piece: Piece) -> Callable[[int, int], bytes | memoryview]:
+    return lambda offset, n: tensor.read(piece.offset + offset, n)
+
+
+def _check_stored(catalog: Catalog, staging: str, plans: Sequence[ShardPlan],
+                  written: Sequence[Written], *, workers: int) -> None:
+    """Read every shard back from storage: what was hashed while writing must have landed."""
+    def check(pair: tuple[ShardPlan, Written], progress: Progress) -> None:
+        plan, w = pair
+        path = posixpath.join(staging, "shards", plan.filename)
+        size, sha = sha256_of(catalog.fs, path, progress)
+        if (size, sha) != (w.size, w.sha256):
+            raise IntegrityError(f"{catalog.fs.uri(path)}: read back {size} bytes with sha256 "
+                                 f"{sha}, wrote {w.size} bytes with {w.sha256}; the storage "
+                                 "damaged the shard, push again")
+
+    run_all(check, list(zip(plans, written, strict=True)), workers=workers,
+            total=sum(w.size for w in written), desc="verify")
+
+
+def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPlan],
+              written: Sequence[Written]) -> Manifest:
+    shards, pieces = [], {}
+    for plan, w in zip(plans, written, strict=True):
+        path = f"shards/{plan.filename}"
+        shards.append(ShardRecord(path, w.size, w.sha256))
+        for p in plan.pieces:
+            pieces.setdefault(p.name, []).append(
+                (p, PieceRecord(path, p.key, *w.offsets[p.key], p.rows)))
+    tensors = {}
+    for tname in sorted(pieces):
+        parts = sorted(pieces[tname], key=lambda pr: pr[0].offset)
+        first = parts[0][0]
+        shape = first.shape if first.rows is None else (
+            sum(p.shape[0] for p, _ in parts), *first.shape[1:])
+        tensors[tname] = TensorRecord(first.dtype, shape, tuple(r for _, r in parts))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Manifest(name, version, created, shard_size, tuple(shards), tensors,
+                    export_weight_map(plans))
+
+
+def export_weight_map(plans: Sequence[ShardPlan]) -> dict[str, str]:
+    """Where each tensor goes in the folder ``pull`` writes: a shard's whole tensors stay
+    together, each split tensor gets a file of its own. Without splits the files are the
+    stored shards, copied as they are."""
+    groups = [[p.name for p in plan.pieces if p.rows is None] for plan in plans]
+    groups = [g for g in groups if g]
+    groups += [[n] for n in sorted({p.name for plan in plans for p in plan.pieces if p.rows})]
+    return dict(sorted((n, planner.shard_filename(i, len(groups)))
+                       for i, g in enumerate(groups) for n in g))

@@ -1,0 +1,176 @@
+"""The manifest: everything about one committed version, in ``manifest.json``.
+
+It lists the shards (path, size, sha256) and, per tensor, dtype, shape and the pieces that
+hold it: the shard, the entry key, the absolute byte range in the shard file (so one range
+read fetches exactly that tensor) and, for a tensor split by rows, the row range. It also
+carries Hugging Face's ``model.safetensors.index.json`` (``metadata.total_size`` and
+``weight_map``) for the folder that ``pull`` writes. Example (one tensor split in two)::
+
+    {"schema_version": 1, "name": "bert", "version": "3", "created": "2025-01-01T00:00:00Z",
+     "shard_size": 134217728, "total_size": 48,
+     "shards": [{"path": "shards/model-00001-of-00002.safetensors", "size": 152,
+                 "sha256": "9f86..."}, ...],
+     "tensors": {"emb": {"dtype": "F32", "shape": [4, 3], "pieces": [
+         {"shard": "shards/model-00001-of-00002.safetensors", "key": "emb[0:2]",
+          "begin": 128, "end": 152, "rows": [0, 2]}, ...]}},
+     "metadata": {"total_size": 48},
+     "weight_map": {"emb": "model-00001-of-00001.safetensors"}}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from modelshard.catalog.keys import check_name, check_version
+from modelshard.errors import FormatError, ModelShardError
+from modelshard.shards import dtypes
+from modelshard.shards.dtypes import DType
+from modelshard.shards.format import check_tensor_name, nbytes_of
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "model.safetensors.index.json"
+_SHARD_PATH = re.compile(r"shards/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    path: str  # relative to the version folder
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PieceRecord:
+    shard: str
+    key: str
+    begin: int  # absolute offsets in the shard file
+    end: int
+    rows: tuple[int, int] | None  # None: the whole tensor
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    dtype: DType
+    shape: tuple[int, ...]
+    pieces: tuple[PieceRecord, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.shape, self.dtype)
+
+    @property
+    def is_split(self) -> bool:
+        return self.pieces[0].rows is not None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    created: str  # ISO 8601, UTC
+    shard_size: int  # the target the planner used
+    shards: tuple[ShardRecord, ...]
+    tensors: dict[str, TensorRecord]  # sorted by name
+    weight_map: dict[str, str]  # tensor -> file name in the folder ``pull`` writes
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def hf_index(self) -> dict[str, Any]:
+        """The content of ``model.safetensors.index.json`` for the pulled folder."""
+        return {"metadata": {"total_size": self.total_size}, "weight_map": dict(self.weight_map)}
+
+    def to_json(self) -> bytes:
+        doc = {
+            "schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version,
+            "created": self.created, "shard_size": self.shard_size,
+            "total_size": self.total_size,
+            "shards": [{"path": s.path, "size": s.size, "sha256": s.sha256} for s in self.shards],
+            "tensors": {name: {"dtype": t.dtype.name, "shape": list(t.shape), "pieces": [
+                {"shard": p.shard, "key": p.key, "begin": p.begin, "end": p.end,
+                 "rows": list(p.rows) if p.rows else None} for p in t.pieces]}
+                for name, t in self.tensors.items()},
+            **self.hf_index(),
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, where: str) -> Manifest:
+        """Parse and check a manifest; FormatError naming ``where`` if anything is off."""
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{where}: not a JSON manifest ({e}); the file is damaged") from e
+        if not isinstance(doc, dict):
+            raise FormatError(f"{where}: not a JSON object; the manifest is damaged")
+        schema = doc.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise FormatError(f"{where}: manifest schema_version {schema!r} is unknown; this "
+                              f"modelshard reads version {SCHEMA_VERSION}: upgrade modelshard")
+        try:
+            return _parse(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FormatError(f"{where}: malformed manifest ({type(e).__name__}: {e}); "
+                              "the file is damaged") from e
+        except ModelShardError as e:
+            raise FormatError(f"{where}: {e}") from e
+
+
+def _count(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise ValueError(f"{x!r} is not a non-negative integer")
+    return x
+
+
+def _match(pattern: re.Pattern, x: Any, what: str) -> str:
+    if not isinstance(x, str) or not pattern.fullmatch(x):
+        raise ValueError(f"{what} {x!r} is not allowed")
+    return x
+
+
+def _parse(doc: dict) -> Manifest:
+    shards = tuple(ShardRecord(_match(_SHARD_PATH, s["path"], "shard path"), _count(s["size"]),
+                               _match(_SHA256, s["sha256"], "sha256")) for s in doc["shards"])
+    sizes = {s.path: s.size for s in shards}
+    tensors = {}
+    for name, t in doc["tensors"].items():
+        check_tensor_name(name, where="manifest")
+        dtype = dtypes.get(t["dtype"], where=f"tensor {name!r}")
+        shape = tuple(_count(d) for d in t["shape"])
+        pieces = tuple(PieceRecord(p["shard"], p["key"], _count(p["begin"]), _count(p["end"]),
+                                   tuple(_count(r) for r in p["rows"]) if p["rows"] else None)
+                       for p in t["pieces"])
+        record = TensorRecord(dtype, shape, pieces)
+        _check_pieces(name, record, sizes)
+        tensors[name] = record
+    weight_map = {k: _match(_FILE_NAME, v, "file name") for k, v in doc["weight_map"].items()}
+    if set(weight_map) != set(tensors):
+        raise ValueError("weight_map does not name exactly the tensors")
+    manifest = Manifest(check_name(doc["name"]), check_version(doc["version"]), str(doc["created"]),
+                        _count(doc["shard_size"]), shards, tensors, weight_map)
+    if doc["metadata"]["total_size"] != manifest.total_size:
+        raise ValueError("metadata.total_size is not the sum of the tensor sizes")
+    return manifest
+
+
+def _check_pieces(name: str, t: TensorRecord, sizes: dict[str, int]) -> None:
+    if not t.pieces:
+        raise ValueError(f"tensor {name!r} has no pieces")
+    row_bytes = t.nbytes // t.shape[0] if t.shape and t.shape[0] else 0
+    next_row = 0
+    for p in t.pieces:
+        if p.shard not in sizes or not p.begin <= p.end <= sizes[p.shard]:
+            raise ValueError(f"tensor {name!r}: piece {p.key!r} lies outside its shard")
+        want = t.nbytes if p.rows is None else (p.rows[1] - p.rows[0]) * row_bytes
+        if p.end - p.begin != want or (p.rows and (len(p.rows) != 2 or p.rows[0] != next_row)):
+            raise ValueError(f"tensor {name!r}: piece {p.key!r} has the wrong bytes or rows")
+        next_row = p.rows[1] if p.rows else next_row
+    if (len(t.pieces) != 1) if not t.is_split else (next_row != t.shape[0]):
+        raise ValueError(f"tensor {name!r}: its pieces do not cover its rows")

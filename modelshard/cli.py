@@ -1,0 +1,99 @@
+"""The ``modelshard`` command. Subcommands live in modules listed in :data:`COMMAND_MODULES`;
+each module has ``register(subparsers, common)``, which adds its subparsers (with
+``parents=[common]`` for ``--catalog`` and ``--json``) and sets ``run=`` to a function of the
+parsed arguments that returns an :class:`Output`. To add a command, write such a module and
+append its name here.
+
+Every :class:`~modelshard.errors.ModelShardError` ends as one line on stderr and the error's
+exit code; there is no traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelshard import __version__
+from modelshard.errors import ModelShardError
+
+COMMAND_MODULES: list[str] = ["modelshard.commands.store"]
+
+
+@dataclass(frozen=True)
+class Output:
+    """A command's result: ``data`` is printed as JSON with ``--json``, else ``text``."""
+
+    data: Any
+    text: str
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def size_arg(text: str) -> int:
+    """``4096``, ``512K``, ``128M``, ``1.5GiB`` -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m or float(m[1]) * _UNITS[m[2].lower()] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 4096, 512K or 128M")
+    return int(float(m[1]) * _UNITS[m[2].lower()])
+
+
+def duration_arg(text: str) -> float:
+    """``0``, ``90s``, ``15m``, ``24h``, ``7d`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 0, 15m, 24h or 7d")
+    return float(m[1]) * _SECONDS[m[2].lower()]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--catalog", metavar="URI", default=argparse.SUPPRESS,
+                        help="catalog root (local path or hdfs://...); default "
+                             "$MODELSHARD_CATALOG, else ~/.modelshard/catalog")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON, for scripts")
+    parser = argparse.ArgumentParser(
+        prog="modelshard", parents=[common],
+        description="Large ML models on HDFS as balanced, checksummed safetensors shards "
+                    "with a versioned catalog.")
+    parser.add_argument("--version", action="version", version=f"modelshard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.catalog = getattr(args, "catalog", None)
+    args.json = getattr(args, "json", False)
+    try:
+        out = args.run(args)
+    except ModelShardError as e:
+        message = " ".join(str(e).split())  # exactly one line
+        print(f"modelshard {args.command}: error: {message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"modelshard {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(out.data, indent=2, ensure_ascii=False))
+    elif out.text:
+        print(out.text)
+    return 0

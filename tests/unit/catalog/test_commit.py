@@ -1,0 +1,184 @@
+"""Atomic commit: concurrent pushes, crashes at every step, gc."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import modelshard
+from modelshard.catalog import commit
+from modelshard.catalog.catalog import Catalog
+from modelshard.errors import AlreadyExistsError, IntegrityError, StorageError
+from tests.store_data import tree
+
+STATE = {"w": np.arange(3000, dtype=np.float32).reshape(30, 100), "b": np.ones(7, np.int64)}
+
+
+def race(n: int, fn) -> list:
+    """Run ``fn(i)`` on ``n`` threads released together; each result or exception."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_pushes_of_one_version_exactly_one_wins(catalog):
+    states = [{"w": np.full(500, i, np.float32)} for i in range(6)]
+    results = race(6, lambda i: modelshard.push(states[i], "m@7", catalog=catalog,
+                                                shard_size=512))
+    won = [r for r in results if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1 and len(lost) == 5
+    assert all(isinstance(e, AlreadyExistsError) and "m@7" in str(e) for e in lost)
+    got = modelshard.pull("m@7", catalog=catalog)["w"]
+    assert got.tobytes() == states[int(got[0])]["w"].tobytes()
+    assert catalog.versions("m") == ["7"]
+    assert modelshard.gc(older_than=0, catalog=catalog) == []  # the losers left nothing
+
+
+def test_concurrent_auto_numbered_pushes_get_distinct_versions(catalog):
+    results = race(5, lambda i: modelshard.push({"w": np.full(3, i)}, "m", catalog=catalog))
+    assert sorted(int(m.version) for m in results) == [1, 2, 3, 4, 5]
+    pulled = {int(modelshard.pull(f"m@{m.version}", catalog=catalog)["w"][0])
+              for m in results}
+    assert pulled == {0, 1, 2, 3, 4}
+
+
+def test_committed_versions_are_immutable(catalog):
+    modelshard.push(STATE, "m@1", catalog=catalog)
+    before = tree(catalog)
+    with pytest.raises(AlreadyExistsError, match="m@1 already exists and versions are immutable"):
+        modelshard.push({"x": np.zeros(1)}, "m@1", catalog=catalog)
+    assert tree(catalog) == before
+
+
+def test_auto_numbering_continues_after_given_versions(catalog):
+    modelshard.push(STATE, "m@5", catalog=catalog)
+    assert modelshard.push(STATE, "m", catalog=catalog).version == "6"
+    modelshard.push(STATE, "m@2.0.0", catalog=catalog)
+    assert modelshard.push(STATE, "m", catalog=catalog).version == "7"
+
+
+class Crash(BaseException):
+    """A process dying: not an Exception, so nothing may treat it as an ordinary error."""
+
+
+def crash_at(monkeypatch, point: str, catalog: Catalog):
+    """Make the push die at ``point`` without cleaning up, like a killed process."""
+    monkeypatch.setattr(commit, "_abandon", lambda *a: None)
+
+    def die(*args, **kwargs):
+        raise Crash(point)
+
+    if point == "first shard written":
+        real = commit.write_shard
+        calls = []
+
+        def write_then_die(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise Crash(point)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(commit, "write_shard", write_then_die)
+    elif point == "shards verified":
+        monkeypatch.setattr(commit, "_manifest", die)
+    elif point == "manifest written":
+        monkeypatch.setattr(Catalog, "publish", die)
+    elif point == "published":
+        monkeypatch.setattr(Catalog, "release", die)
+
+
+POINTS = ["first shard written", "shards verified", "manifest written", "published"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_crash_leaves_no_partial_version_and_gc_cleans(catalog, monkeypatch, point):
+    modelshard.push(STATE, "m", catalog=catalog)
+    with monkeypatch.context() as m:
+        crash_at(m, point, catalog)
+        with pytest.raises(Crash):
+            modelshard.push({"x": np.ones((40, 100))}, "m@2", catalog=catalog, shard_size=4096,
+                            workers=1)
+    committed = point == "published"
+    assert catalog.versions("m") == (["1", "2"] if committed else ["1"])
+    assert modelshard.pull("m", catalog=catalog)["w"].tobytes() == STATE["w"].tobytes()
+    if committed:  # complete, only its claim and the alias move were lost
+        modelshard.verify("m@2", catalog=catalog)
+    removed = modelshard.gc(older_than=0, catalog=catalog)
+    assert removed, "the crash left a staging folder or a claim"
+    assert modelshard.gc(older_than=0, catalog=catalog) == []
+    if not committed:  # the version number is free again
+        modelshard.push({"x": np.ones(3)}, "m@2", catalog=catalog)
+
+
+def test_gc_keeps_young_leftovers(catalog, monkeypatch):
+    with monkeypatch.context() as m:
+        crash_at(m, "manifest written", catalog)
+        with pytest.raises(Crash):
+            modelshard.push(STATE, "m@1", catalog=catalog)
+    assert modelshard.gc(catalog=catalog) == []  # may be a live push: default age is a day
+    assert [r.reason for r in modelshard.gc(older_than=0, dry_run=True, catalog=catalog)] == \
+        ["abandoned staging folder", "abandoned claim"]
+    with pytest.raises(AlreadyExistsError, match="another push of this version is in progress"):
+        modelshard.push(STATE, "m@1", catalog=catalog)
+    assert len(modelshard.gc(older_than=0, catalog=catalog)) == 2
+    modelshard.push(STATE, "m@1", catalog=catalog)
+
+
+def test_failed_push_cleans_up_after_itself(catalog, monkeypatch):
+    modelshard.push(STATE, "m", catalog=catalog)
+    before = tree(catalog)
+
+    def fail(*args, **kwargs):
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(commit, "_manifest", fail)
+    with pytest.raises(StorageError, match="disk full"):
+        modelshard.push(STATE, "m", catalog=catalog)
+    assert tree(catalog) == before
+
+
+def test_storage_damage_found_by_read_back(catalog, monkeypatch):
+    real = commit.sha256_of
+    monkeypatch.setattr(commit, "sha256_of", lambda *a: (real(*a)[0], "0" * 64))
+    with pytest.raises(IntegrityError, match="model-00001-of-00001.safetensors: read back"):
+        modelshard.push(STATE, "m", catalog=catalog)
+    assert catalog.versions("m") == []
+    assert modelshard.gc(older_than=0, catalog=catalog) == []
+
+
+def test_empty_source_is_refused(catalog):
+    with pytest.raises(modelshard.ModelShardError, match="holds no tensors"):
+        modelshard.push({}, "m", catalog=catalog)
+    assert tree(catalog) == []
+
+
+def test_each_shard_is_written_as_one_block(catalog, monkeypatch):
+    asked = {}
+    real = type(catalog.fs).open_write
+
+    def open_write(self, path, **kwargs):
+        asked[path.rsplit("/", 1)[-1]] = kwargs.get("block_size")
+        return real(self, path, **kwargs)
+
+    monkeypatch.setattr(type(catalog.fs), "open_write", open_write)
+    m = modelshard.push({"w": np.zeros((3, 1 << 20), np.uint8)}, "m", catalog=catalog,
+                        shard_size=2 << 20)
+    for s in m.shards:
+        block = asked[s.path.rsplit("/", 1)[-1]]
+        assert block % (1 << 20) == 0 and s.size <= block < s.size + (1 << 20)
