@@ -75,13 +75,14 @@ def _info(cat: Catalog, m: Manifest, aliases: Mapping[str, str]) -> VersionInfo:
 
 def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
          shard_size: int = DEFAULT_SHARD_SIZE, workers: int = DEFAULT_WORKERS,
-         aliases: Sequence[str] = ()) -> Manifest:
+         aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None) -> Manifest:
     """Store ``source`` as a new version of a model and return its manifest.
 
     ``source``: a dict of numpy arrays / torch tensors, a ``.safetensors`` file, a PyTorch
     state_dict file (``.pt``, ``.pth``, ``.bin``), a Hugging Face model folder or a folder of
     ``.npy`` files. ``key``: ``name`` (next version number) or ``name@version``. The version
-    appears atomically, then ``latest`` and each of ``aliases`` point at it::
+    appears atomically, then ``latest`` and each of ``aliases`` point at it. ``attrs``: string
+    metadata kept in the manifest (a training job records its model spec and metrics there)::
 
         push("bert-base/", "bert", aliases=["prod"])   # -> bert@1, bert@latest, bert@prod
     """
@@ -95,7 +96,7 @@ def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
         check_alias(alias)
     tensors = open_source(source)
     return push_tensors(_catalog(catalog), k.name, k.ref, tensors, shard_size=shard_size,
-                        workers=workers, aliases=aliases)
+                        workers=workers, aliases=aliases, attrs=attrs)
 
 
 def pull(key: str, dest: str | os.PathLike | None = None, *,

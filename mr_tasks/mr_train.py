@@ -8,12 +8,12 @@ that version. Settings come from the job XML (``templates/train_config.xml.j2``)
 """
 
 import numpy as np
-from modelshard.jobs.modelio import load_model, write_param_shard
 from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, RawValueProtocol
 
 from modelshard.jobs import wire
+from modelshard.jobs.modelio import load_model, write_shard_file
 from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, input_width
 from modelshard.jobs.records import BadRecord, parse_record
 from modelshard.jobs.train import average, train_split
@@ -76,7 +76,8 @@ class MRTrain(MRJob):
     def reducer_final(self):
         if self.owned:
             self.set_status(f"writing {len(self.owned)} averaged parameters")
-            yield SHARD, write_param_shard(conf("train.staging"), self.owned)
+            partition = int(jobconf_from_env("mapreduce.task.partition", "0"))
+            yield SHARD, write_shard_file(conf("train.staging"), f"part-{partition:05d}", self.owned)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.keys import LATEST
@@ -30,7 +30,7 @@ BLOCK_UNIT = 1024 * 1024
 
 def push_tensors(catalog: Catalog, name: str, version: str | None,
                  tensors: Sequence[SourceTensor], *, shard_size: int, workers: int,
-                 aliases: Sequence[str] = ()) -> Manifest:
+                 aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None) -> Manifest:
     """Commit ``tensors`` as ``name@version`` (None: the next number), point ``latest`` and
     ``aliases`` (already checked) at it, and return its manifest."""
     if not tensors:
@@ -38,29 +38,56 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
     plans = planner.plan(tensors, shard_size)
     by_name = {t.name: t for t in tensors}
     fs = catalog.fs
-    catalog.create()
-    version = catalog.claim(name, version)
-    staging = catalog.new_staging_dir(name, version)
-    try:
+    with staged_version(catalog, name, version) as (version, staging):
         def write(plan: ShardPlan, progress: Progress) -> Written:
             items = [ShardItem(p.key, p.dtype, p.shape, _reader(by_name[p.name], p))
                      for p in plan.pieces]
-            size = len(encode_header(items)[0]) + plan.nbytes
-            # One HDFS block per shard: a reader of the shard needs a single DataNode.
-            block = -(-size // BLOCK_UNIT) * BLOCK_UNIT
-            with fs.open_write(posixpath.join(staging, "shards", plan.filename),
-                               block_size=block) as out:
+            with fs.open_write(shard_path(staging, plan.filename),
+                               block_size=shard_block_size(items)) as out:
                 return write_shard(out, items, progress)
 
         total = sum(p.nbytes for p in plans)
         written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
-        _check_stored(catalog, staging, plans, written, workers=workers)
-        manifest = _manifest(name, version, shard_size, plans, written)
-        fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
-        catalog.publish(name, version, staging)
+        return commit_staged(catalog, name, version, staging, plans, written, shard_size=shard_size,
+                             workers=workers, aliases=aliases, attrs=attrs)
+
+
+@contextlib.contextmanager
+def staged_version(catalog: Catalog, name: str, version: str | None) -> Iterator[tuple[str, str]]:
+    """Claim ``name@version`` (None: the next number) and a staging folder for its shards;
+    yields ``(version, staging)``. If the block fails, both are abandoned. Writers put the
+    shards at :func:`shard_path` and the block ends with :func:`commit_staged`, so jobs whose
+    tasks write the shards commit through the same path as ``push``."""
+    catalog.create()
+    version = catalog.claim(name, version)
+    staging = catalog.new_staging_dir(name, version)
+    try:
+        yield version, staging
     except BaseException:
         _abandon(catalog, name, version, staging)
         raise
+
+
+def shard_path(staging: str, filename: str) -> str:
+    return posixpath.join(staging, "shards", filename)
+
+
+def shard_block_size(items: Sequence[ShardItem]) -> int:
+    """One HDFS block per shard: a reader of the shard needs a single DataNode."""
+    size = len(encode_header(items)[0]) + sum(i.nbytes for i in items)
+    return -(-size // BLOCK_UNIT) * BLOCK_UNIT
+
+
+def commit_staged(catalog: Catalog, name: str, version: str, staging: str,
+                  plans: Sequence[ShardPlan], written: Sequence[Written], *, shard_size: int,
+                  workers: int, aliases: Sequence[str] = (),
+                  attrs: Mapping[str, str] | None = None) -> Manifest:
+    """Verify the staged shards from storage, write the manifest last, publish the version
+    with one rename and move ``latest`` and ``aliases`` to it."""
+    _check_stored(catalog, staging, plans, written, workers=workers)
+    manifest = _manifest(name, version, shard_size, plans, written, dict(attrs or {}))
+    catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
+    catalog.publish(name, version, staging)
     with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
         catalog.release(name, version)
     for alias in (LATEST, *aliases):
@@ -86,7 +113,7 @@ def _check_stored(catalog: Catalog, staging: str, plans: Sequence[ShardPlan],
     """Read every shard back from storage: what was hashed while writing must have landed."""
     def check(pair: tuple[ShardPlan, Written], progress: Progress) -> None:
         plan, w = pair
-        path = posixpath.join(staging, "shards", plan.filename)
+        path = shard_path(staging, plan.filename)
         size, sha = sha256_of(catalog.fs, path, progress)
         if (size, sha) != (w.size, w.sha256):
             raise IntegrityError(f"{catalog.fs.uri(path)}: read back {size} bytes with sha256 "
@@ -98,7 +125,7 @@ def _check_stored(catalog: Catalog, staging: str, plans: Sequence[ShardPlan],
 
 
 def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPlan],
-              written: Sequence[Written]) -> Manifest:
+              written: Sequence[Written], attrs: dict[str, str]) -> Manifest:
     shards, pieces = [], {}
     for plan, w in zip(plans, written, strict=True):
         path = f"shards/{plan.filename}"
@@ -115,7 +142,7 @@ def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPla
         tensors[tname] = TensorRecord(first.dtype, shape, tuple(r for _, r in parts))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Manifest(name, version, created, shard_size, tuple(shards), tensors,
-                    export_weight_map(plans))
+                    export_weight_map(plans), attrs)
 
 
 def export_weight_map(plans: Sequence[ShardPlan]) -> dict[str, str]:

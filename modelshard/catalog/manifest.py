@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelshard.catalog.keys import check_name, check_version
@@ -78,6 +78,9 @@ class Manifest:
     shards: tuple[ShardRecord, ...]
     tensors: dict[str, TensorRecord]  # sorted by name
     weight_map: dict[str, str]  # tensor -> file name in the folder ``pull`` writes
+    # Free-form string metadata of the version, e.g. the model spec and metrics of a
+    # training epoch; optional in the file, so schema 1 manifests without it still load.
+    attrs: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int:
@@ -98,6 +101,7 @@ class Manifest:
                  "rows": list(p.rows) if p.rows else None} for p in t.pieces]}
                 for name, t in self.tensors.items()},
             **self.hf_index(),
+            "attrs": self.attrs,
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -153,8 +157,11 @@ def _parse(doc: dict) -> Manifest:
     weight_map = {k: _match(_FILE_NAME, v, "file name") for k, v in doc["weight_map"].items()}
     if set(weight_map) != set(tensors):
         raise ValueError("weight_map does not name exactly the tensors")
+    attrs = doc.get("attrs", {})
+    if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in [*attrs, *attrs.values()]):
+        raise ValueError("attrs must map strings to strings")
     manifest = Manifest(check_name(doc["name"]), check_version(doc["version"]), str(doc["created"]),
-                        _count(doc["shard_size"]), shards, tensors, weight_map)
+                        _count(doc["shard_size"]), shards, tensors, weight_map, attrs)
     if doc["metadata"]["total_size"] != manifest.total_size:
         raise ValueError("metadata.total_size is not the sum of the tensor sizes")
     return manifest

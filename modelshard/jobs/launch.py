@@ -14,8 +14,15 @@ from mrjob.job import MRJob
 from mrjob.step import StepFailedException
 
 from modelshard.errors import JobError, ModelShardError
+from modelshard.fs import FileSystem
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
+
+
+def job_path(fs: FileSystem, path: str) -> str:
+    """How mrjob wants a path: plain for the local disk (its local runners do not take
+    ``file://`` output folders), a URI for HDFS."""
+    return fs.uri(path) if fs.scheme != "file" else path
 
 
 @dataclass

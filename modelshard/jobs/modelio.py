@@ -1,0 +1,84 @@
+"""How the streaming tasks read models from the catalog and write shards into a staged
+version, and how the driver turns the tasks' shard reports into a commit.
+
+A task writes its shard under a name that includes its attempt id, so a retried or
+speculative attempt never overwrites a shard that another attempt reported; the driver
+commits only the shards named in the job's (committed) output.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from mrjob.compat import jobconf_from_env
+from torch import nn
+
+from modelshard.api import pull
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.commit import shard_block_size, shard_path
+from modelshard.errors import FormatError, UsageError
+from modelshard.fs import get_fs
+from modelshard.jobs.models import ModelSpec, build
+from modelshard.shards import dtypes
+from modelshard.shards.format import ShardItem, Written, write_shard
+from modelshard.shards.planner import Piece, ShardPlan
+
+SPEC_ATTR = "model.spec"
+
+
+def model_spec(catalog: Catalog, key: str) -> ModelSpec:
+    manifest = catalog.manifest(*catalog.resolve(key))
+    text = manifest.attrs.get(SPEC_ATTR)
+    if text is None:
+        raise UsageError(f"model {key} has no model spec ({SPEC_ATTR!r} in its manifest attrs); "
+                         "create it with 'modelshard train --init SPEC' or push it with attrs")
+    return ModelSpec.parse(text)
+
+
+def load_model(catalog_uri: str, key: str, *, progress: Callable[[str], object] | None = None) -> nn.Module:
+    """The torch module of ``key``: built from its spec, weights pulled (checksummed)."""
+    catalog = Catalog(catalog_uri)
+    model = build(model_spec(catalog, key))
+    if progress:
+        progress(f"fetching weights of {key}")
+    state = pull(key, catalog=catalog, framework="torch")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(f"weights of {key} do not fit its model spec: {e}") from e
+    return model
+
+
+def write_shard_file(staging_uri: str, prefix: str, tensors: Mapping[str, np.ndarray]) -> dict:
+    """Write ``tensors`` as one safetensors shard into the staged version at ``staging_uri``
+    and return the report the driver commits from (see :func:`plans_from_reports`)."""
+    fs, staging = get_fs(staging_uri)
+    attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
+    filename = f"{prefix}-{attempt}.safetensors"
+    items = []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        raw = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+        items.append(ShardItem(name, dtypes.of_numpy(a.dtype, where=f"tensor {name!r}"), a.shape,
+                               lambda off, n, raw=raw: raw[off:off + n]))
+    with fs.open_write(shard_path(staging, filename), block_size=shard_block_size(items)) as out:
+        w = write_shard(out, items)
+    return {"file": filename, "size": w.size, "sha256": w.sha256,
+            "tensors": {i.key: [i.dtype.name, list(i.shape), *w.offsets[i.key]] for i in items}}
+
+
+def plans_from_reports(reports: Sequence[dict]) -> tuple[list[ShardPlan], list[Written]]:
+    """The shard plans and write results of shards written by tasks, in file-name order."""
+    plans, written = [], []
+    for r in sorted(reports, key=lambda r: r["file"]):
+        try:
+            pieces = tuple(Piece(name, name, dtypes.get(d, where=r["file"]), tuple(shape), None, 0)
+                           for name, (d, shape, _, _) in sorted(r["tensors"].items()))
+            plans.append(ShardPlan(r["file"], pieces))
+            written.append(Written(r["size"], r["sha256"],
+                                   {name: (b, e) for name, (_, _, b, e) in r["tensors"].items()}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"shard report {str(r)[:200]!r} is malformed: {e}") from e
+    return plans, written

@@ -1,0 +1,75 @@
+"""The prediction driver: resolves the model and checks the input before any job starts,
+runs ``mr_predict`` and gathers its bad records into ``_bad_records.jsonl`` beside the
+predictions (files starting with ``_`` are skipped by Hadoop's input formats)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelshard.catalog.catalog import Catalog
+from modelshard.errors import AlreadyExistsError
+from modelshard.fs import get_fs
+from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.launch import job_path, run_job
+from modelshard.jobs.modelio import model_spec
+from modelshard.jobs.records import check_format
+from modelshard.jobs.training import input_files
+from mr_tasks.mr_predict import MRPredict
+
+BAD_RECORDS = "_bad_records.jsonl"
+
+
+@dataclass
+class PredictResult:
+    model: str  # name@version actually used
+    output: str
+    records: int
+    bad_records: int
+    batches: int
+    application_id: str | None = None
+    tracking_url: str | None = None
+    counters: dict = field(default_factory=dict)
+
+
+def predict(
+    key: str,
+    data: str,
+    output: str,
+    *,
+    runner: str = "inline",
+    catalog: str | None = None,
+    fmt: str = "jsonl",
+    batch_size: int = 1024,
+    job_options: dict | None = None,
+    overrides: dict[str, str] | None = None,
+    echo: Callable[[str], object] | None = None,
+) -> PredictResult:
+    """Predict every record under ``data`` with ``key``; predictions land in ``output``
+    as JSON lines ``id<TAB>class``::
+
+        predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
+    """
+    check_format(fmt)
+    cat = Catalog(catalog)
+    name, version = cat.resolve(key)
+    model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
+    model_spec(cat, model)
+    files = input_files(data)
+    out_fs, out_path = get_fs(output)
+    if out_fs.exists(out_path):
+        raise AlreadyExistsError(f"output {output} already exists; remove it or choose another")
+    xml = render_job_xml("predict", **{
+        "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
+        "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
+        "batch_size": batch_size, **(job_options or {})})
+    job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
+                  jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+    counts = job.counters.get("modelshard", {})
+    bad = [v for k, v in job.output if k is None]
+    if bad:
+        out_fs.write_bytes(f"{out_path}/{BAD_RECORDS}", "".join(json.dumps(b) + "\n" for b in bad).encode())
+    return PredictResult(model=model, output=out_fs.uri(out_path), records=counts.get("records", 0),
+                         bad_records=counts.get("bad records", 0), batches=counts.get("batches", 0),
+                         application_id=job.application_id, tracking_url=job.tracking_url, counters=job.counters)

@@ -1,0 +1,184 @@
+"""The training driver: one ``mr_train`` pass per epoch, each committing a new version.
+
+Every version records its epoch, model spec and metrics in its manifest attrs, so a
+training run that stopped (a failed job, a killed driver) resumes after the last committed
+epoch. Metrics go to ``metrics.jsonl`` and ``curves.png`` in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.commit import commit_staged, staged_version
+from modelshard.catalog.keys import parse_key
+from modelshard.errors import NotFoundError, UsageError
+from modelshard.fs import get_fs
+from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.launch import job_path, run_job
+from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec, plans_from_reports
+from modelshard.jobs.models import ModelSpec, build
+from modelshard.jobs.train import Metrics, evaluate
+from modelshard.shards.planner import DEFAULT_SHARD_SIZE
+from mr_tasks.mr_train import MRTrain
+
+EPOCH_ATTR = "train.epoch"
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    version: str
+    loss: float
+    accuracy: float
+    records: int
+    bad_records: int
+    application_id: str | None = None
+    test_accuracy: float | None = None
+
+
+@dataclass
+class TrainResult:
+    key: str
+    epochs: list[EpochResult] = field(default_factory=list)
+    bad_records: list[dict] = field(default_factory=list)
+    metrics_path: str | None = None
+    plot_path: str | None = None
+
+
+def input_files(uri: str) -> list[str]:
+    """The data files under ``uri`` (a file or a folder), checked before any job starts."""
+    fs, path = get_fs(uri)
+    if not fs.exists(path):
+        raise NotFoundError(f"input {uri} does not exist; check the path")
+    info = fs.stat(path)
+    files = [f for f in fs.walk_files(path) if not os.path.basename(f.path).startswith(("_", "."))] \
+        if info.is_dir else [info]
+    if not files:
+        raise UsageError(f"input {uri} holds no data files")
+    for f in files:
+        if f.size == 0:
+            raise UsageError(f"input file {fs.uri(f.path)} is empty: every training split needs records")
+    return [job_path(fs, f.path) for f in files]
+
+
+def init_model(catalog: Catalog, name: str, spec: ModelSpec) -> str:
+    """Push the initial weights of ``spec`` as epoch 0 of ``name``; returns the version."""
+    from modelshard.api import push
+
+    state = {k: v.detach().numpy() for k, v in build(spec).state_dict().items()}
+    manifest = push(state, name, catalog=catalog, attrs={SPEC_ATTR: spec.dumps(), EPOCH_ATTR: "0"})
+    return manifest.version
+
+
+def train(
+    key: str,
+    data: str,
+    *,
+    epochs: int,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    runner: str = "inline",
+    catalog: str | None = None,
+    init: ModelSpec | None = None,
+    num_reduces: int = 2,
+    fmt: str = "jsonl",
+    test_data: tuple[np.ndarray, np.ndarray] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    job_options: dict | None = None,
+    overrides: dict[str, str] | None = None,
+    echo: Callable[[str], object] | None = None,
+) -> TrainResult:
+    """Train ``key`` on the records under ``data`` up to ``epochs`` epochs::
+
+        train("digits", "hdfs:///data/digits/train", epochs=10, runner="hadoop",
+              init=ModelSpec("modelshard.jobs.models:mlp", {"sizes": [64, 64, 10]}))
+
+    Starts after the newest version's epoch (so a rerun resumes); ``init`` creates the model
+    if it does not exist. Each epoch's version gets ``latest``.
+    """
+    if epochs < 1:
+        raise UsageError(f"epochs={epochs}: train for at least one epoch")
+    if num_reduces < 1:
+        raise UsageError(f"num_reduces={num_reduces}: training needs at least one reducer")
+    cat = Catalog(catalog)
+    name = parse_key(key).name
+    files = input_files(data)
+    try:
+        version = cat.resolve(key)[1]
+    except NotFoundError:
+        if init is None:
+            raise
+        version = init_model(cat, name, init)
+    spec = model_spec(cat, f"{name}@{version}")
+    result = TrainResult(key=name)
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        result.metrics_path, result.plot_path = str(out / "metrics.jsonl"), str(out / "curves.png")
+    start = int(cat.manifest(name, version).attrs.get(EPOCH_ATTR, "0")) + 1
+    for epoch in range(start, epochs + 1):
+        with staged_version(cat, name, None) as (new_version, staging):
+            xml = render_job_xml("train", **{
+                "job_name": f"modelshard-train {name} epoch {epoch}", "num_maps": len(files),
+                "num_reduces": num_reduces, "catalog": cat.uri, "model": f"{name}@{version}",
+                "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
+                "batch_size": batch_size, "seed": epoch * 1000, "staging": cat.fs.uri(staging),
+                **(job_options or {})})
+            job = run_job(MRTrain, runner=runner, inputs=files, output_dir=None,
+                          jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+            reports = [v for k, v in job.output if k == ["shard"]]
+            sums = next((v for k, v in job.output if k == ["metrics"]), None)
+            bad = [v for k, v in job.output if k is None]
+            if sums is None or not reports:
+                raise UsageError(f"epoch {epoch} of {name}: the job produced no weights; is the input empty?")
+            metrics = Metrics(*sums)
+            plans, written = plans_from_reports(reports)
+            attrs = {SPEC_ATTR: spec.dumps(), EPOCH_ATTR: str(epoch), "train.parent": version,
+                     "train.loss": f"{metrics.loss:.6g}", "train.accuracy": f"{metrics.accuracy:.6g}"}
+            commit_staged(cat, name, new_version, staging, plans, written, shard_size=DEFAULT_SHARD_SIZE,
+                          workers=4, attrs=attrs)
+        version = new_version
+        er = EpochResult(epoch, version, metrics.loss, metrics.accuracy, metrics.count, len(bad), job.application_id)
+        if test_data is not None:
+            er.test_accuracy = evaluate(load_model(cat.uri, f"{name}@{version}"), *test_data).accuracy
+        result.epochs.append(er)
+        result.bad_records += bad
+        if echo:
+            echo(f"epoch {epoch}: {name}@{version} loss {er.loss:.4f} accuracy {er.accuracy:.4f}"
+                 + (f" test accuracy {er.test_accuracy:.4f}" if er.test_accuracy is not None else ""))
+        if out:
+            with open(result.metrics_path, "a") as f:
+                f.write(json.dumps(er.__dict__) + "\n")
+    if out and result.epochs:
+        plot_metrics(result.metrics_path, result.plot_path)
+    return result
+
+
+def plot_metrics(metrics_path: str, plot_path: str) -> None:
+    """Loss and accuracy curves of ``metrics.jsonl`` as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f]
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [r["loss"] for r in rows], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax2.plot(epochs, [r["accuracy"] for r in rows], marker="o", label="train")
+    if any(r.get("test_accuracy") is not None for r in rows):
+        ax2.plot(epochs, [r.get("test_accuracy") for r in rows], marker="s", label="test")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(plot_path, dpi=100)
+    plt.close(fig)
