@@ -1,6 +1,7 @@
-"""Pushing a version atomically: claim the version, write the shards into a staging folder,
-re-read them from storage to check their sha256, write the manifest last, publish the folder
-with one rename, release the claim, then move ``latest`` and the requested aliases.
+"""Committing a version atomically (push, and copy between catalogs): claim the version,
+write the shards into a staging folder, re-read them from storage to check their sha256,
+write the manifest last, publish the folder with one rename, release the claim, then move
+``latest`` and the requested aliases.
 
 Until the rename nothing is visible; a push that fails cleans up after itself, and what a
 killed push leaves (staging folder, claim) is invisible and removed by ``gc``.
@@ -38,32 +39,52 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
     plans = planner.plan(tensors, shard_size)
     by_name = {t.name: t for t in tensors}
     fs = catalog.fs
-    catalog.create()
-    version = catalog.claim(name, version)
-    staging = catalog.new_staging_dir(name, version)
-    try:
+
+    def stage(version: str, staging: str) -> Manifest:
         def write(plan: ShardPlan, progress: Progress) -> Written:
             items = [ShardItem(p.key, p.dtype, p.shape, _reader(by_name[p.name], p))
                      for p in plan.pieces]
             size = len(encode_header(items)[0]) + plan.nbytes
-            # One HDFS block per shard: a reader of the shard needs a single DataNode.
-            block = -(-size // BLOCK_UNIT) * BLOCK_UNIT
             with fs.open_write(posixpath.join(staging, "shards", plan.filename),
-                               block_size=block) as out:
+                               block_size=shard_block_size(size)) as out:
                 return write_shard(out, items, progress)
 
         total = sum(p.nbytes for p in plans)
         written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
         _check_stored(catalog, staging, plans, written, workers=workers)
-        manifest = _manifest(name, version, shard_size, plans, written)
-        fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
+        return _manifest(name, version, shard_size, plans, written)
+
+    return commit_version(catalog, name, version, stage, aliases=(LATEST, *aliases))
+
+
+def shard_block_size(size: int) -> int:
+    """The HDFS block size for a shard of ``size`` bytes: one block per shard, so a reader of
+    the shard needs a single DataNode."""
+    return -(-size // BLOCK_UNIT) * BLOCK_UNIT
+
+
+def commit_version(catalog: Catalog, name: str, version: str | None,
+                   stage: Callable[[str, str], Manifest], *, aliases: Sequence[str]) -> Manifest:
+    """The atomic commit shared by push and copy: claim ``version`` (None: the next number),
+    let ``stage(version, staging_dir)`` write and check the shards and return the manifest,
+    write the manifest last, publish with one rename, release the claim, then point
+    ``aliases`` at the version. On any error nothing becomes visible.
+
+    >>> commit_version(cat, "bert", "3", stage, aliases=["latest"])   # doctest: +SKIP
+    """
+    catalog.create()
+    version = catalog.claim(name, version)
+    staging = catalog.new_staging_dir(name, version)
+    try:
+        manifest = stage(version, staging)
+        catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
         catalog.publish(name, version, staging)
     except BaseException:
         _abandon(catalog, name, version, staging)
         raise
     with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
         catalog.release(name, version)
-    for alias in (LATEST, *aliases):
+    for alias in aliases:
         catalog.set_alias(name, alias, version)
     return manifest
 
