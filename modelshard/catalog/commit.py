@@ -1,6 +1,7 @@
-"""Pushing a version atomically: claim the version, write the shards into a staging folder,
-re-read them from storage to check their sha256, write the manifest last, publish the folder
-with one rename, release the claim, then move ``latest`` and the requested aliases.
+"""Committing a version atomically (push, and copy between catalogs): claim the version,
+write the shards into a staging folder, re-read them from storage to check their sha256,
+write the manifest last, publish the folder with one rename, release the claim, then move
+``latest`` and the requested aliases.
 
 Until the rename nothing is visible; a push that fails cleans up after itself, and what a
 killed push leaves (staging folder, claim) is invisible and removed by ``gc``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.keys import LATEST
@@ -38,59 +39,67 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
     plans = planner.plan(tensors, shard_size)
     by_name = {t.name: t for t in tensors}
     fs = catalog.fs
-    with staged_version(catalog, name, version) as (version, staging):
+
+    def stage(version: str, staging: str) -> Manifest:
         def write(plan: ShardPlan, progress: Progress) -> Written:
             items = [ShardItem(p.key, p.dtype, p.shape, _reader(by_name[p.name], p))
                      for p in plan.pieces]
+            size = len(encode_header(items)[0]) + plan.nbytes
             with fs.open_write(shard_path(staging, plan.filename),
-                               block_size=shard_block_size(items)) as out:
+                               block_size=shard_block_size(size)) as out:
                 return write_shard(out, items, progress)
 
         total = sum(p.nbytes for p in plans)
         written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
-        return commit_staged(catalog, name, version, staging, plans, written, shard_size=shard_size,
-                             workers=workers, aliases=aliases, attrs=attrs)
+        return staged_manifest(catalog, name, version, staging, plans, written,
+                               shard_size=shard_size, workers=workers, attrs=attrs)
+
+    return commit_version(catalog, name, version, stage, aliases=(LATEST, *aliases))
 
 
-@contextlib.contextmanager
-def staged_version(catalog: Catalog, name: str, version: str | None) -> Iterator[tuple[str, str]]:
-    """Claim ``name@version`` (None: the next number) and a staging folder for its shards;
-    yields ``(version, staging)``. If the block fails, both are abandoned. Writers put the
-    shards at :func:`shard_path` and the block ends with :func:`commit_staged`, so jobs whose
-    tasks write the shards commit through the same path as ``push``."""
+def shard_path(staging: str, filename: str) -> str:
+    """Where a shard of a staged version is written."""
+    return posixpath.join(staging, "shards", filename)
+
+
+def staged_manifest(catalog: Catalog, name: str, version: str, staging: str,
+                    plans: Sequence[ShardPlan], written: Sequence[Written], *, shard_size: int,
+                    workers: int, attrs: Mapping[str, str] | None = None) -> Manifest:
+    """Check the shards written into ``staging`` (by this process or by job tasks) from
+    storage and return the manifest of the version they make; for ``commit_version``'s
+    ``stage`` callback."""
+    _check_stored(catalog, staging, plans, written, workers=workers)
+    return _manifest(name, version, shard_size, plans, written, dict(attrs or {}))
+
+
+def shard_block_size(size: int) -> int:
+    """The HDFS block size for a shard of ``size`` bytes: one block per shard, so a reader of
+    the shard needs a single DataNode."""
+    return -(-size // BLOCK_UNIT) * BLOCK_UNIT
+
+
+def commit_version(catalog: Catalog, name: str, version: str | None,
+                   stage: Callable[[str, str], Manifest], *, aliases: Sequence[str]) -> Manifest:
+    """The atomic commit shared by push and copy: claim ``version`` (None: the next number),
+    let ``stage(version, staging_dir)`` write and check the shards and return the manifest,
+    write the manifest last, publish with one rename, release the claim, then point
+    ``aliases`` at the version. On any error nothing becomes visible.
+
+    >>> commit_version(cat, "bert", "3", stage, aliases=["latest"])   # doctest: +SKIP
+    """
     catalog.create()
     version = catalog.claim(name, version)
     staging = catalog.new_staging_dir(name, version)
     try:
-        yield version, staging
+        manifest = stage(version, staging)
+        catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
+        catalog.publish(name, version, staging)
     except BaseException:
         _abandon(catalog, name, version, staging)
         raise
-
-
-def shard_path(staging: str, filename: str) -> str:
-    return posixpath.join(staging, "shards", filename)
-
-
-def shard_block_size(items: Sequence[ShardItem]) -> int:
-    """One HDFS block per shard: a reader of the shard needs a single DataNode."""
-    size = len(encode_header(items)[0]) + sum(i.nbytes for i in items)
-    return -(-size // BLOCK_UNIT) * BLOCK_UNIT
-
-
-def commit_staged(catalog: Catalog, name: str, version: str, staging: str,
-                  plans: Sequence[ShardPlan], written: Sequence[Written], *, shard_size: int,
-                  workers: int, aliases: Sequence[str] = (),
-                  attrs: Mapping[str, str] | None = None) -> Manifest:
-    """Verify the staged shards from storage, write the manifest last, publish the version
-    with one rename and move ``latest`` and ``aliases`` to it."""
-    _check_stored(catalog, staging, plans, written, workers=workers)
-    manifest = _manifest(name, version, shard_size, plans, written, dict(attrs or {}))
-    catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
-    catalog.publish(name, version, staging)
     with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
         catalog.release(name, version)
-    for alias in (LATEST, *aliases):
+    for alias in aliases:
         catalog.set_alias(name, alias, version)
     return manifest
 

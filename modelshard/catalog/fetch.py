@@ -188,10 +188,7 @@ def verify(catalog: Catalog, manifest: Manifest, *, workers: int) -> None:
     """Recompute every shard's sha256 from storage and check its header against the manifest;
     IntegrityError lists every damaged shard."""
     vdir = catalog.version_dir(manifest.name, manifest.version)
-    expected: dict[str, dict[str, tuple]] = {}
-    for t in manifest.tensors.values():
-        for p in t.pieces:
-            expected.setdefault(p.shard, {})[p.key] = (t.dtype.name, p.begin, p.end)
+    expected = manifest.shard_entries()
 
     def check(shard: ShardRecord, progress: Progress) -> str | None:
         path = posixpath.join(vdir, shard.path)

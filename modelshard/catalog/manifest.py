@@ -86,6 +86,14 @@ class Manifest:
     def total_size(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
+    def shard_entries(self) -> dict[str, dict[str, tuple[str, int, int]]]:
+        """Per shard path, what its header must list: ``{key: (dtype, begin, end)}``."""
+        out: dict[str, dict[str, tuple[str, int, int]]] = {s.path: {} for s in self.shards}
+        for t in self.tensors.values():
+            for p in t.pieces:
+                out[p.shard][p.key] = (t.dtype.name, p.begin, p.end)
+        return out
+
     def hf_index(self) -> dict[str, Any]:
         """The content of ``model.safetensors.index.json`` for the pulled folder."""
         return {"metadata": {"total_size": self.total_size}, "weight_map": dict(self.weight_map)}

@@ -22,7 +22,7 @@ from modelshard.errors import FormatError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.models import ModelSpec, build
 from modelshard.shards import dtypes
-from modelshard.shards.format import ShardItem, Written, write_shard
+from modelshard.shards.format import ShardItem, Written, encode_header, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
 
 SPEC_ATTR = "model.spec"
@@ -63,7 +63,8 @@ def write_shard_file(staging_uri: str, prefix: str, tensors: Mapping[str, np.nda
         raw = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
         items.append(ShardItem(name, dtypes.of_numpy(a.dtype, where=f"tensor {name!r}"), a.shape,
                                lambda off, n, raw=raw: raw[off:off + n]))
-    with fs.open_write(shard_path(staging, filename), block_size=shard_block_size(items)) as out:
+    size = len(encode_header(items)[0]) + sum(i.nbytes for i in items)
+    with fs.open_write(shard_path(staging, filename), block_size=shard_block_size(size)) as out:
         w = write_shard(out, items)
     return {"file": filename, "size": w.size, "sha256": w.sha256,
             "tensors": {i.key: [i.dtype.name, list(i.shape), *w.offsets[i.key]] for i in items}}

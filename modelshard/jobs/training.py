@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import commit_staged, staged_version
-from modelshard.catalog.keys import parse_key
+from modelshard.catalog.commit import commit_version, staged_manifest
+from modelshard.catalog.keys import LATEST, parse_key
+from modelshard.catalog.manifest import Manifest
 from modelshard.errors import NotFoundError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
@@ -124,10 +125,13 @@ def train(
         result.metrics_path, result.plot_path = str(out / "metrics.jsonl"), str(out / "curves.png")
     start = int(cat.manifest(name, version).attrs.get(EPOCH_ATTR, "0")) + 1
     for epoch in range(start, epochs + 1):
-        with staged_version(cat, name, None) as (new_version, staging):
+        run: dict = {}
+
+        def stage(new_version: str, staging: str, epoch: int = epoch, parent: str = version,
+                  run: dict = run) -> Manifest:
             xml = render_job_xml("train", **{
                 "job_name": f"modelshard-train {name} epoch {epoch}", "num_maps": len(files),
-                "num_reduces": num_reduces, "catalog": cat.uri, "model": f"{name}@{version}",
+                "num_reduces": num_reduces, "catalog": cat.uri, "model": f"{name}@{parent}",
                 "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
                 "batch_size": batch_size, "seed": epoch * 1000, "staging": cat.fs.uri(staging),
                 **(job_options or {})})
@@ -135,16 +139,17 @@ def train(
                           jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
             reports = [v for k, v in job.output if k == ["shard"]]
             sums = next((v for k, v in job.output if k == ["metrics"]), None)
-            bad = [v for k, v in job.output if k is None]
             if sums is None or not reports:
                 raise UsageError(f"epoch {epoch} of {name}: the job produced no weights; is the input empty?")
-            metrics = Metrics(*sums)
-            plans, written = plans_from_reports(reports)
-            attrs = {SPEC_ATTR: spec.dumps(), EPOCH_ATTR: str(epoch), "train.parent": version,
-                     "train.loss": f"{metrics.loss:.6g}", "train.accuracy": f"{metrics.accuracy:.6g}"}
-            commit_staged(cat, name, new_version, staging, plans, written, shard_size=DEFAULT_SHARD_SIZE,
-                          workers=4, attrs=attrs)
-        version = new_version
+            run.update(job=job, metrics=Metrics(*sums), bad=[v for k, v in job.output if k is None])
+            m = run["metrics"]
+            attrs = {SPEC_ATTR: spec.dumps(), EPOCH_ATTR: str(epoch), "train.parent": parent,
+                     "train.loss": f"{m.loss:.6g}", "train.accuracy": f"{m.accuracy:.6g}"}
+            return staged_manifest(cat, name, new_version, staging, *plans_from_reports(reports),
+                                   shard_size=DEFAULT_SHARD_SIZE, workers=4, attrs=attrs)
+
+        version = commit_version(cat, name, None, stage, aliases=[LATEST]).version
+        job, metrics, bad = run["job"], run["metrics"], run["bad"]
         er = EpochResult(epoch, version, metrics.loss, metrics.accuracy, metrics.count, len(bad), job.application_id)
         if test_data is not None:
             er.test_accuracy = evaluate(load_model(cat.uri, f"{name}@{version}"), *test_data).accuracy

@@ -7,10 +7,8 @@ a reader that finds the budget full of shards in use (or pinned) waits until one
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -19,8 +17,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from modelshard.cache.preload import PreloadCache, ShardRef
-from modelshard.errors import IntegrityError, ModelShardError, NotFoundError, UsageError
+from modelshard.errors import IntegrityError, NotFoundError, UsageError
 from modelshard.fs.base import FileSystem
+from modelshard.fs.locality import replica_is_local
 from modelshard.scheduler.policies import EvictionPolicy, make_policy
 
 log = logging.getLogger(__name__)
@@ -506,15 +505,4 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
             f"{ref.path}: bytes do not match the manifest (size {ref.size}, sha256 "
             f"{ref.sha256}); the stored shard is damaged: verify and re-upload it"
         )
-    return Fetched(data, local=_is_local(fs, ref.path))
-
-
-def _is_local(fs: FileSystem, path: str) -> bool:
-    if fs.local_path(path) is not None:
-        return True
-    here = {socket.gethostname(), socket.getfqdn(), "localhost"}
-    # Placement is a hint for the statistics: a NameNode that cannot say counts as remote.
-    with contextlib.suppress(ModelShardError):
-        blocks = fs.block_hosts(path)
-        return bool(blocks) and all(here & set(b.hosts) for b in blocks)
-    return False
+    return Fetched(data, local=replica_is_local(fs, ref.path))
