@@ -51,21 +51,32 @@ def load_model(catalog_uri: str, key: str, *, progress: Callable[[str], object] 
     return model
 
 
-def write_shard_file(staging_uri: str, prefix: str, tensors: Mapping[str, np.ndarray]) -> dict:
-    """Write ``tensors`` as one safetensors shard into the staged version at ``staging_uri``
-    and return the report the driver commits from (see :func:`plans_from_reports`)."""
-    fs, staging = get_fs(staging_uri)
-    attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
-    filename = f"{prefix}-{attempt}.safetensors"
+def array_items(arrays: Sequence[tuple[str, np.ndarray]]) -> list[ShardItem]:
+    """Shard items that stream the bytes of in-memory arrays, stored under the given keys."""
     items = []
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+    for key, array in arrays:
+        a = np.ascontiguousarray(array)
         raw = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
-        items.append(ShardItem(name, dtypes.of_numpy(a.dtype, where=f"tensor {name!r}"), a.shape,
+        items.append(ShardItem(key, dtypes.of_numpy(a.dtype, where=f"tensor {key!r}"), a.shape,
                                lambda off, n, raw=raw: raw[off:off + n]))
+    return items
+
+
+def write_items(staging_uri: str, filename: str, items: Sequence[ShardItem]) -> Written:
+    """Write one shard into the staged version at ``staging_uri`` (one HDFS block)."""
+    fs, staging = get_fs(staging_uri)
     size = len(encode_header(items)[0]) + sum(i.nbytes for i in items)
     with fs.open_write(shard_path(staging, filename), block_size=shard_block_size(size)) as out:
-        w = write_shard(out, items)
+        return write_shard(out, items)
+
+
+def write_shard_file(staging_uri: str, prefix: str, tensors: Mapping[str, np.ndarray]) -> dict:
+    """Write ``tensors`` as one shard named after this task attempt and return the report
+    the driver commits from (see :func:`plans_from_reports`)."""
+    attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
+    filename = f"{prefix}-{attempt}.safetensors"
+    items = array_items(sorted(tensors.items()))
+    w = write_items(staging_uri, filename, items)
     return {"file": filename, "size": w.size, "sha256": w.sha256,
             "tensors": {i.key: [i.dtype.name, list(i.shape), *w.offsets[i.key]] for i in items}}
 

@@ -1,0 +1,84 @@
+"""Resharding logic: the plan of the new shards, and the task side that writes one planned
+shard from the source version (read by rows through the lazy handle, every source shard
+verified by sha256 on first use). The driver is :mod:`modelshard.jobs.resharding`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+from modelshard.catalog.manifest import Manifest
+from modelshard.errors import FormatError, UsageError
+from modelshard.jobs.modelio import array_items, write_items
+from modelshard.loading import open as open_model
+from modelshard.shards import dtypes, planner
+from modelshard.shards.planner import Piece, ShardPlan, TensorMeta
+
+MIN_SHARD_SIZE = 1 << 20  # HDFS's smallest block (dfs.namenode.fs-limits.min-block-size)
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+MAX_TASKS = 16
+
+
+def target_dtype(source: dtypes.DType, cast: str | None) -> dtypes.DType:
+    """Floating-point tensors take ``cast``; integer and bool tensors keep their dtype."""
+    return dtypes.get(cast, where="--dtype") if cast and source.name in FLOAT_DTYPES else source
+
+
+def plan_reshard(manifest: Manifest, *, shard_size: int | None, shard_count: int | None,
+                 dtype: str | None) -> tuple[int, list[ShardPlan]]:
+    """The new shard size and the plans of the new shards."""
+    if (shard_size is None) == (shard_count is None):
+        raise UsageError("give exactly one of shard_size (--shard-size) and shard_count (--shards)")
+    if dtype is not None and dtypes.get(dtype, where="--dtype").name not in FLOAT_DTYPES:
+        raise UsageError(f"--dtype {dtype}: cast only to a floating-point type ({', '.join(sorted(FLOAT_DTYPES))})")
+    metas = [TensorMeta(name, target_dtype(t.dtype, dtype), t.shape) for name, t in manifest.tensors.items()]
+    if shard_count is not None:
+        if shard_count < 1:
+            raise UsageError(f"--shards {shard_count}: ask for at least one shard")
+        shard_size = max(MIN_SHARD_SIZE, math.ceil(sum(m.nbytes for m in metas) / shard_count))
+    if shard_size < MIN_SHARD_SIZE:
+        raise UsageError(f"shard size {shard_size} bytes is below 1 MiB ({MIN_SHARD_SIZE}), HDFS's smallest "
+                         "block: choose a larger --shard-size")
+    return shard_size, planner.plan(metas, shard_size)
+
+
+def plan_to_json(plan: ShardPlan) -> dict:
+    return {"filename": plan.filename, "pieces": [
+        [p.name, p.key, p.dtype.name, list(p.shape), list(p.rows) if p.rows else None, p.offset]
+        for p in plan.pieces]}
+
+
+def _plan_from_json(doc: dict) -> ShardPlan:
+    try:
+        return ShardPlan(doc["filename"], tuple(
+            Piece(name, key, dtypes.get(d, where=key), tuple(shape), tuple(rows) if rows else None, offset)
+            for name, key, d, shape, rows, offset in doc["pieces"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"reshard plan {str(doc)[:200]!r} is malformed: {e}") from e
+
+
+def write_planned_shard(catalog_uri: str, source_key: str, staging_uri: str, plan_doc: dict) -> dict:
+    """Task side: build one planned shard from ``source_key`` and write it into the staged
+    version; returns ``{"size", "sha256", "offsets"}``."""
+    plan = _plan_from_json(plan_doc)
+    with open_model(source_key, catalog=catalog_uri, verify=True, record_stats=False) as src:
+        arrays = []
+        for p in plan.pieces:
+            a = src.get(p.name) if p.rows is None else src.get_rows(p.name, *p.rows)
+            arrays.append(a.astype(p.dtype.numpy, copy=False))
+    items = array_items([(p.key, a) for p, a in zip(plan.pieces, arrays, strict=True)])
+    w = write_items(staging_uri, plan.filename, items)
+    return {"size": w.size, "sha256": w.sha256, "offsets": {k: list(v) for k, v in w.offsets.items()}}
+
+
+def task_inputs(plans: Sequence[ShardPlan], folder: str) -> list[str]:
+    """One input file per task (a file is one split on every runner), plans dealt round-robin."""
+    n = min(len(plans), MAX_TASKS)
+    paths = [os.path.join(folder, f"plans-{i:03d}.jsonl") for i in range(n)]
+    for i, path in enumerate(paths):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(plan_to_json(p)) + "\n" for p in plans[i::n])
+    return paths

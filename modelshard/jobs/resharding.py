@@ -1,0 +1,69 @@
+"""The resharding driver: a new version of a model with a new shard size or count,
+optionally casting floating-point tensors (e.g. F32 to BF16), written in parallel by a
+map-only streaming job and committed through the store's one atomic commit path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.commit import commit_version, staged_manifest
+from modelshard.catalog.keys import LATEST
+from modelshard.catalog.manifest import Manifest
+from modelshard.errors import FormatError
+from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.launch import run_job
+from modelshard.jobs.reshard import plan_reshard, task_inputs
+from modelshard.shards.format import Written
+from mr_tasks.mr_reshard import MRReshard
+
+
+def reshard(
+    key: str,
+    *,
+    shard_size: int | None = None,
+    shard_count: int | None = None,
+    dtype: str | None = None,
+    runner: str = "inline",
+    catalog: str | None = None,
+    aliases: Sequence[str] = (),
+    job_options: dict | None = None,
+    overrides: dict[str, str] | None = None,
+    echo: Callable[[str], object] | None = None,
+) -> Manifest:
+    """Write ``key`` as a new version of the same model with new shards; bit-exact unless
+    ``dtype`` casts. Returns the new version's manifest::
+
+        reshard("bert@3", shard_size=64 << 20, dtype="BF16", runner="hadoop")
+
+    With ``shard_count`` the size is the total over the count, but at least 1 MiB.
+    """
+    cat = Catalog(catalog)
+    name, version = cat.resolve(key)
+    source = cat.manifest(name, version)
+    size, plans = plan_reshard(source, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
+
+    def stage(new_version: str, staging: str) -> Manifest:
+        with tempfile.TemporaryDirectory(prefix="modelshard-reshard-") as tmp:
+            inputs = task_inputs(plans, tmp)
+            xml = render_job_xml("reshard", **{
+                "job_name": f"modelshard-reshard {name}@{version}", "num_maps": len(inputs), "num_reduces": 0,
+                "catalog": cat.uri, "model": f"{name}@{version}", "input": "", "output": "",
+                "shard_size": size, "dtype": dtype or "", "staging": cat.fs.uri(staging), **(job_options or {})})
+            job = run_job(MRReshard, runner=runner, inputs=inputs, output_dir=None,
+                          jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+        reports = dict(job.output)
+        missing = [p.filename for p in plans if p.filename not in reports]
+        if missing:
+            raise FormatError(f"reshard of {name}@{version}: no task reported {missing[:3]}; the job lost shards")
+        written = [Written(r["size"], r["sha256"], {k: tuple(v) for k, v in r["offsets"].items()})
+                   for r in (reports[p.filename] for p in plans)]
+        attrs = {**source.attrs, "reshard.parent": version}
+        if dtype:
+            attrs["reshard.dtype"] = dtype
+        return staged_manifest(cat, name, new_version, staging, plans, written, shard_size=size,
+                               workers=4, attrs=attrs)
+
+    return commit_version(cat, name, None, stage, aliases=[LATEST, *aliases])

@@ -1,0 +1,27 @@
+"""Resharding: each input line is the plan of one new shard; the mapper reads exactly the
+rows that shard needs from the source version (shards verified by sha256 on first use),
+casts them if asked, writes the shard into the staged version and reports it. The driver
+(:mod:`modelshard.jobs.resharding`) commits the new version. Map-only.
+"""
+
+from mrjob.compat import jobconf_from_env
+from mrjob.job import MRJob
+from mrjob.protocol import JSONProtocol, JSONValueProtocol
+
+from modelshard.jobs.reshard import write_planned_shard
+
+
+class MRReshard(MRJob):
+    INPUT_PROTOCOL = JSONValueProtocol
+    OUTPUT_PROTOCOL = JSONProtocol
+
+    def mapper(self, _, plan):
+        self.set_status(f"writing {plan['filename']}")
+        yield plan["filename"], write_planned_shard(
+            jobconf_from_env("modelshard.catalog"), jobconf_from_env("modelshard.model"),
+            jobconf_from_env("modelshard.reshard.staging"), plan)
+        self.increment_counter("modelshard", "shards written")
+
+
+if __name__ == "__main__":
+    MRReshard.run()
