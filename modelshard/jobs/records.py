@@ -72,3 +72,26 @@ def parse_record(line: str, fmt: str, *, n_features: int | None = None) -> tuple
             raise BadRecord(f"label {y!r} is not a class index")
         y = int(label)
     return rid, features, y
+
+
+def read_labeled(uri: str, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every record of a file (local or HDFS), for evaluation.
+    A bad record is an error here: evaluation data must be clean."""
+    from modelshard.fs import get_fs
+
+    fs, path = get_fs(uri)
+    xs, ys = [], []
+    for n, line in enumerate(fs.read_bytes(path).decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            _, x, y = parse_record(line, check_format(fmt))
+        except BadRecord as e:
+            raise UsageError(f"{uri} line {n}: {e}") from None
+        if y is None:
+            raise UsageError(f"{uri} line {n}: no label; evaluation data needs labels")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise UsageError(f"{uri} holds no records")
+    return np.stack(xs), np.asarray(ys)

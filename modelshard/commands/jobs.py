@@ -1,0 +1,132 @@
+"""The streaming-job subcommands: train, predict, reshard. Each renders its job XML from
+``templates/``, runs on mrjob's inline, local or hadoop runner, and prints the YARN
+application id and tracking URL (on stderr) as the job starts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from modelshard.cli import Output, human_bytes, size_arg
+from modelshard.errors import UsageError
+from modelshard.jobs.hadoop import RUNNERS
+from modelshard.jobs.models import ModelSpec
+from modelshard.jobs.records import FORMATS
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    job = argparse.ArgumentParser(add_help=False, parents=[common])
+    job.add_argument("--runner", "-r", choices=RUNNERS, default="local",
+                     help="mrjob runner: inline (one process), local (a process per task; the "
+                          "default) or hadoop (YARN)")
+    job.add_argument("-D", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a property of the rendered job XML (repeatable)")
+    for flag, default, what in (("--queue", None, "YARN queue"),
+                                ("--am-memory-mb", None, "ApplicationMaster memory"),
+                                ("--map-memory-mb", None, "map container memory"),
+                                ("--reduce-memory-mb", None, "reduce container memory"),
+                                ("--io-sort-mb", None, "map-side sort buffer")):
+        job.add_argument(flag, default=default, help=f"{what} (job XML; default from the template)")
+
+    p = sub.add_parser("train", parents=[job], help="train a model by parameter averaging, one job per epoch",
+                       description="Train KEY on the records under DATA, one MapReduce pass per epoch; "
+                                   "every epoch commits a new version, and a rerun resumes after the last.")
+    p.add_argument("key", help="model name (or name@version to start from)")
+    p.add_argument("data", help="file or folder of training records; each file is one split")
+    p.add_argument("--epochs", type=int, required=True, help="train up to this epoch")
+    p.add_argument("--init", metavar="SPEC", help='create the model from a spec: JSON {"factory": '
+                   '"pkg.module:function", "kwargs": {...}}, or mlp:64,64,10 for the built-in MLP')
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--reducers", type=int, default=2, help="reducers, each writing its own shard")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument("--eval", metavar="DATA", help="labelled records to report test accuracy on")
+    p.add_argument("--out", metavar="DIR", help="write metrics.jsonl and curves.png here")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("predict", parents=[job], help="predict every record of DATA into OUTPUT",
+                       description="Batch prediction as a map-only job: OUTPUT gets JSON lines "
+                                   "id<TAB>class, and _bad_records.jsonl for malformed records.")
+    p.add_argument("key")
+    p.add_argument("data", help="file or folder of records")
+    p.add_argument("output", help="a folder that does not exist yet")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser("reshard", parents=[job], help="rewrite a version with new shards (and dtype)",
+                       description="A new version of the model with a new shard size or count, "
+                                   "optionally casting floating-point tensors; bit-exact otherwise.")
+    p.add_argument("key")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--shard-size", type=size_arg, help="target shard size, e.g. 64M (at least 1M)")
+    size.add_argument("--shards", type=int, help="number of shards")
+    p.add_argument("--dtype", help="cast floating-point tensors, e.g. BF16, F16, F32")
+    p.add_argument("--alias", action="append", default=[], dest="aliases")
+    p.set_defaults(run=_reshard)
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _job_args(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for item in args.overrides:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise UsageError(f"-D {item!r}: write -D key=value")
+        overrides[k] = v
+    options = {name: getattr(args, name) for name in
+               ("queue", "am_memory_mb", "map_memory_mb", "reduce_memory_mb", "io_sort_mb")
+               if getattr(args, name) is not None}
+    return {"runner": args.runner, "catalog": args.catalog, "overrides": overrides,
+            "job_options": options, "echo": _echo}
+
+
+def parse_spec(text: str) -> ModelSpec:
+    if text.startswith("mlp:"):
+        try:
+            sizes = [int(s) for s in text[4:].split(",")]
+        except ValueError:
+            raise UsageError(f"--init {text!r}: write mlp:IN,HIDDEN,...,OUT with whole numbers") from None
+        return ModelSpec("modelshard.jobs.models:mlp", {"sizes": sizes})
+    return ModelSpec.parse(text)
+
+
+def _train(args: argparse.Namespace) -> Output:
+    from modelshard.jobs.records import read_labeled
+    from modelshard.jobs.training import train
+
+    test = read_labeled(args.eval, args.format) if args.eval else None
+    r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+              init=parse_spec(args.init) if args.init else None, num_reduces=args.reducers, fmt=args.format,
+              test_data=test, out_dir=args.out, **_job_args(args))
+    epochs = [e.__dict__ for e in r.epochs]
+    last = r.epochs[-1] if r.epochs else None
+    text = (f"trained {r.key} to epoch {last.epoch} ({r.key}@{last.version}): loss {last.loss:.4f}, "
+            f"accuracy {last.accuracy:.4f}" + (f", test accuracy {last.test_accuracy:.4f}"
+                                               if last.test_accuracy is not None else "")
+            if last else f"{r.key} is already trained to epoch {args.epochs}; nothing to do")
+    if r.bad_records:
+        text += f"; {len(r.bad_records)} bad records skipped (see --json)"
+    return Output({"model": r.key, "epochs": epochs, "bad_records": r.bad_records,
+                   "metrics": r.metrics_path, "plot": r.plot_path}, text)
+
+
+def _predict(args: argparse.Namespace) -> Output:
+    from modelshard.jobs.prediction import predict
+
+    r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size, **_job_args(args))
+    return Output(r.__dict__, f"predicted {r.records - r.bad_records} records with {r.model} into {r.output}"
+                              + (f"; {r.bad_records} bad records in _bad_records.jsonl" if r.bad_records else ""))
+
+
+def _reshard(args: argparse.Namespace) -> Output:
+    from modelshard.jobs.resharding import reshard
+
+    m = reshard(args.key, shard_size=args.shard_size, shard_count=args.shards, dtype=args.dtype,
+                aliases=args.aliases, **_job_args(args))
+    return Output({"name": m.name, "version": m.version, "shards": len(m.shards), "total_size": m.total_size},
+                  f"resharded {args.key} into {m.name}@{m.version}: {len(m.shards)} shards, "
+                  f"{human_bytes(m.total_size)}")
