@@ -22,7 +22,7 @@ from typing import Any
 from modelshard import __version__
 from modelshard.errors import ModelShardError
 
-COMMAND_MODULES: list[str] = ["modelshard.commands.store"]
+COMMAND_MODULES: list[str] = ["modelshard.commands.store", "modelshard.commands.loading"]
 
 
 @dataclass(frozen=True)
