@@ -22,7 +22,8 @@ from typing import Any
 from modelshard import __version__
 from modelshard.errors import ModelShardError
 
-COMMAND_MODULES: list[str] = ["modelshard.commands.store", "modelshard.commands.jobs"]
+COMMAND_MODULES: list[str] = ["modelshard.commands.store", "modelshard.commands.loading",
+                              "modelshard.commands.jobs"]
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,11 @@ class ModelHandle:
         if budget_bytes is not None:
             if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int):
                 raise UsageError(f"budget_bytes={budget_bytes!r}: give a number of bytes")
+            largest = max(manifest.shards, key=lambda s: s.size)
+            if budget_bytes < largest.size:
+                raise UsageError(f"budget smaller than the largest shard: budget_bytes="
+                                 f"{budget_bytes}, but {self.key}'s {largest.path} has "
+                                 f"{largest.size} bytes; raise the budget to at least that")
             # No prefetch: a handle reads what it is asked for, and no more.
             self._scheduler = ShardScheduler.for_shards(
                 list(self._refs.values()), fs=self._fs, budget_bytes=budget_bytes, cache=cache,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -267,3 +268,29 @@ def test_closed_handle_and_bad_framework(pushed):
     h.close()
     with pytest.raises(UsageError, match="closed"):
         h.get("embed")
+
+
+def test_cli_load_preload_stats_copy_and_bad_input(pushed, tmp_path, capsys):
+    from modelshard.cli import main
+
+    root, _, m = pushed
+    cache = str(tmp_path / "cache")
+    assert main(["--catalog", root, "preload", "m", "--cache-dir", cache, "--tensors", "embed"]) == 0
+    assert main(["--catalog", root, "--json", "load", "m", "--cache-dir", cache, "--stats",
+                 "--tensors", "embed"]) == 0
+    out = capsys.readouterr().out
+    stats = json.loads(out[out.index("{"):])["stats"]
+    held = len({p.shard for p in m.tensors["embed"].pieces})
+    assert stats["sources"] == {"cache": held} and stats["cache"]["hits"] == held
+    assert main(["--catalog", root, "stats", "m"]) == 0
+    assert "1 sessions" in capsys.readouterr().out
+    assert main(["--catalog", root, "copy", "m", str(tmp_path / "other")]) == 0
+    assert [v.version for v in modelshard.ls("m", catalog=str(tmp_path / "other"))] == ["1"]
+    capsys.readouterr()
+    for argv, msg in ((["load", "m", "--budget", "1K"], "budget smaller than the largest shard"),
+                      (["load", "m", "--tensors", "embedd"], "close matches: embed"),
+                      (["replicate", "m", "--replication", "0"], "at least 1"),
+                      (["copy", "m", root], "destination is the source catalog")):
+        assert main(["--catalog", root, *argv]) != 0
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err

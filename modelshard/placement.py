@@ -1,0 +1,243 @@
+"""Where a version's bytes live: HDFS replication (all shards, or the most-read ones by the
+recorded access statistics), copies to another catalog, and the statistics themselves.
+
+>>> import modelshard.placement as pl
+>>> pl.replicate("bert@prod", replication=3, hot=True, top=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshard.api import _catalog
+from modelshard.catalog import access
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.commit import commit_version, shard_block_size
+from modelshard.catalog.keys import LATEST, version_order
+from modelshard.catalog.manifest import Manifest, ShardRecord
+from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
+from modelshard.errors import IntegrityError, StorageError, UsageError
+from modelshard.fs import FileSystem
+from modelshard.shards.format import CHUNK, sha256_of
+
+log = logging.getLogger(__name__)
+
+_CHECKOUT_CONF = Path(__file__).resolve().parents[1] / ".run" / "conf"
+_DEFAULT_HTTP_PORT = 9870
+
+
+# -- statistics ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardAccess:
+    path: str
+    size: int
+    reads: int
+    replication: int
+
+
+@dataclass(frozen=True)
+class AccessReport:
+    """The recorded access statistics of a version, per shard, most read first."""
+
+    key: str
+    sessions: int
+    local: int
+    remote: int
+    shards: list[ShardAccess]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def access_stats(key: str, *, catalog: str | os.PathLike | Catalog | None = None
+                 ) -> AccessReport:
+    """What loading sessions recorded for ``key``: tensor reads per shard, replicas read
+    locally or remotely, and each shard's current replication::
+
+        access_stats("bert@prod").shards[0]     # the most-read shard
+    """
+    cat = _catalog(catalog)
+    name, version = cat.resolve(key)
+    m = cat.manifest(name, version)
+    totals = access.totals(cat, name, version)
+    vdir = cat.version_dir(name, version)
+    shards = [ShardAccess(s.path, s.size, totals.reads.get(s.path, 0),
+                          cat.fs.stat(posixpath.join(vdir, s.path)).replication)
+              for s in m.shards]
+    shards.sort(key=lambda s: (-s.reads, s.path))
+    return AccessReport(f"{name}@{version}", totals.sessions, totals.local, totals.remote, shards)
+
+
+# -- replication -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplicationReport:
+    """What ``replicate`` changed: every shard it set (before and after, from ``stat``), the
+    live DataNodes it counted (None: unknown) and a warning if HDFS will under-replicate."""
+
+    key: str
+    replication: int
+    shards: list[dict[str, Any]]
+    live_datanodes: int | None
+    warning: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def replicate(key: str, *, replication: int, hot: bool = False, top: int | None = None,
+              catalog: str | os.PathLike | Catalog | None = None) -> ReplicationReport:
+    """Set the HDFS replication factor of a version's shards and check it with ``stat``.
+    ``hot=True`` only raises it, and only for the shards read most by the recorded access
+    statistics (``top`` of them; None: every shard read at least once). A factor above the
+    number of live DataNodes is set, as HDFS allows, with a warning: the blocks stay
+    under-replicated until enough DataNodes join::
+
+        replicate("bert@prod", replication=3)
+        replicate("bert@prod", replication=5, hot=True, top=4)
+    """
+    if isinstance(replication, bool) or not isinstance(replication, int) or replication < 1:
+        raise UsageError(f"replication={replication!r}: give a whole number of copies, at least 1")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise UsageError(f"top={top!r}: give a whole number of shards, at least 1")
+    if top is not None and not hot:
+        raise UsageError("top= only picks among hot shards; pass hot=True (--hot) with it")
+    cat = _catalog(catalog)
+    name, version = cat.resolve(key)
+    fs = cat.fs
+    if fs.scheme != "hdfs":
+        raise UsageError(f"replicate {name}@{version}: catalog {cat.uri} is on a local disk, "
+                         "which keeps one copy; replication applies to an hdfs:// catalog")
+    m = cat.manifest(name, version)
+    vdir = cat.version_dir(name, version)
+    chosen = list(m.shards)
+    if hot:
+        reads = access.totals(cat, name, version).reads
+        chosen = sorted((s for s in m.shards if reads.get(s.path)),
+                        key=lambda s: (-reads[s.path], s.path))[:top]
+        if not chosen:
+            raise UsageError(f"replicate --hot {name}@{version}: no access statistics recorded "
+                             f"yet; load the model first (modelshard load) or omit --hot")
+    live = live_datanodes(fs)
+    warning = None
+    if live is not None and replication > live:
+        warning = (f"replication {replication} is more than the {live} live DataNode(s): HDFS "
+                   f"keeps at most {live} cop{'y' if live == 1 else 'ies'} of each block, and "
+                   "the blocks stay under-replicated until more DataNodes join")
+        log.warning("%s@%s: %s", name, version, warning)
+    changed = []
+    for s in chosen:
+        path = posixpath.join(vdir, s.path)
+        before = fs.stat(path).replication
+        if hot and before >= replication:
+            continue  # --hot only raises
+        fs.set_replication(path, replication)
+        after = fs.stat(path).replication
+        if after != replication:
+            raise StorageError(f"{fs.uri(path)}: replication is {after} after asking for "
+                               f"{replication}; check dfs.replication.max on the NameNode")
+        changed.append({"path": s.path, "before": before, "after": after})
+    return ReplicationReport(f"{name}@{version}", replication, changed, live, warning)
+
+
+def live_datanodes(fs: FileSystem) -> int | None:
+    """Live DataNodes of an HDFS filesystem from the NameNode's JMX (``NumLiveDataNodes``);
+    None if the NameNode's web server cannot be asked (libhdfs has no call for it)."""
+    netloc = getattr(fs, "netloc", None)
+    if fs.scheme != "hdfs" or not netloc:
+        return None
+    url = (f"http://{_http_address(netloc.partition(':')[0])}/jmx?"
+           "qry=Hadoop:service=NameNode,name=FSNamesystemState")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a NameNode's JMX
+            return int(json.load(r)["beans"][0]["NumLiveDataNodes"])
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        log.warning("cannot count the live DataNodes at %s (%s)", url, e)
+        return None
+
+
+def _http_address(host: str) -> str:
+    """``dfs.namenode.http-address`` from $HADOOP_CONF_DIR (else this checkout's cluster
+    configuration), with a wildcard host replaced by the NameNode's; else ``host:9870``."""
+    conf = Path(os.environ.get("HADOOP_CONF_DIR") or _CHECKOUT_CONF) / "hdfs-site.xml"
+    with contextlib.suppress(OSError, ET.ParseError):
+        for prop in ET.parse(conf).getroot().iter("property"):
+            if prop.findtext("name") == "dfs.namenode.http-address":
+                value = (prop.findtext("value") or "").strip()
+                there, _, port = value.rpartition(":")
+                return f"{host if there in ('', '0.0.0.0') else there}:{port}"
+    return f"{host}:{_DEFAULT_HTTP_PORT}"
+
+
+# -- copying between catalogs ----------------------------------------------------------------
+def copy(key: str, dest: str | os.PathLike | Catalog, *,
+         catalog: str | os.PathLike | Catalog | None = None,
+         workers: int = DEFAULT_WORKERS) -> Manifest:
+    """Copy one version to the catalog ``dest`` (local or HDFS) under the same name and
+    version, byte for byte: every shard is checked against its sha256 as it leaves the source
+    and again as stored at the destination, before the store's atomic commit makes the
+    version visible there. ``latest`` at the destination moves only if this version is newer
+    than the one it points at::
+
+        copy("bert@prod", "hdfs://nn:9000/catalogs/serving")
+    """
+    check_workers(workers)
+    src = _catalog(catalog)
+    dst = _catalog(dest)
+    name, version = src.resolve(key)
+    m = src.manifest(name, version)
+    if (src.fs is dst.fs or src.fs.uri("/") == dst.fs.uri("/")) and src.root == dst.root:
+        raise UsageError(f"copy {name}@{version}: the destination is the source catalog "
+                         f"({dst.uri}); give another catalog")
+    svdir = src.version_dir(name, version)
+
+    def stage(version: str, staging: str) -> Manifest:
+        def one(shard: ShardRecord, progress: Progress) -> None:
+            _copy_shard(src.fs, posixpath.join(svdir, shard.path), dst.fs,
+                        posixpath.join(staging, shard.path), shard, progress)
+
+        total = sum(s.size for s in m.shards)
+        run_all(one, m.shards, workers=workers, total=total, desc=f"copy {name}@{version}")
+        return m
+
+    aliases = [LATEST] if _is_newest(dst, name, version) else []
+    return commit_version(dst, name, version, stage, aliases=aliases)
+
+
+def _copy_shard(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, shard: ShardRecord,
+                progress: Progress) -> None:
+    digest, size = hashlib.sha256(), 0
+    with src_fs.open_read(src) as f, dst_fs.open_write(
+            dst, block_size=shard_block_size(shard.size)) as out:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+            progress(len(chunk))
+    if (size, digest.hexdigest()) != (shard.size, shard.sha256):
+        raise IntegrityError(f"{src_fs.uri(src)}: read {size} bytes with sha256 "
+                             f"{digest.hexdigest()}, the manifest says {shard.size} with "
+                             f"{shard.sha256}; the source shard is damaged, nothing was copied")
+    stored = sha256_of(dst_fs, dst)
+    if stored != (shard.size, shard.sha256):
+        raise IntegrityError(f"{dst_fs.uri(dst)}: stored {stored[0]} bytes with sha256 "
+                             f"{stored[1]}, copied {shard.size} with {shard.sha256}; the "
+                             "destination damaged the shard, copy again")
+
+
+def _is_newest(cat: Catalog, name: str, version: str) -> bool:
+    current = cat.alias_target(name, LATEST) if cat.fs.exists(cat.root) else None
+    return current is None or version_order(version) > version_order(current)
+
+
+__all__ = ["AccessReport", "ReplicationReport", "ShardAccess", "access_stats", "copy",
+           "live_datanodes", "replicate"]

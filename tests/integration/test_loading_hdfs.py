@@ -1,0 +1,112 @@
+"""Loading on the real HDFS: byte ranges, preload, replication with stat checks, copies
+between an HDFS and a local catalog, locality recorded."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import modelshard
+from modelshard import placement
+from modelshard.catalog import access
+from modelshard.catalog.catalog import Catalog
+from modelshard.errors import UsageError
+from tests.counting_fs import CountingFileSystem
+from tests.store_data import assert_same
+
+
+def model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    state = {f"block.{i}.w": rng.standard_normal((128, 64)).astype(np.float32) for i in range(30)}
+    state["embed"] = rng.standard_normal((8000, 32)).astype(np.float32)
+    return state
+
+
+@pytest.fixture
+def hdfs_model(hdfs_root):
+    fs, root = hdfs_root
+    uri = fs.uri(f"{root}/cat")
+    state = model()
+    m = modelshard.push(state, "m", catalog=uri, shard_size=256 * 1024)
+    assert m.tensors["embed"].is_split
+    return uri, state, m
+
+
+def test_partial_loads_read_only_the_tensors_and_headers(hdfs_model):
+    uri, state, m = hdfs_model
+    cat = Catalog(uri)
+    cat.fs = fs = CountingFileSystem(cat.fs)
+    names = sorted(state)[::5]
+    with modelshard.open("m", catalog=cat) as h:
+        fs.reset()
+        got = h.load_state_dict(names)
+        s = h.stats()
+        pieces = m.tensors["embed"].pieces
+        fs.reset()
+        rows = h.get_rows("embed", pieces[0].rows[1] - 3, pieces[0].rows[1] + 3)
+    assert_same(got, {n: state[n] for n in names})
+    needed = sum(m.tensors[n].nbytes for n in names)
+    assert s.range_bytes - needed < 1024 * len(s.reads)  # headers only, a few hundred bytes
+    assert s.range_bytes <= 1.05 * needed + 1024 * len(s.reads)
+    assert s.sources == {"range": len(s.reads)}
+    assert s.local_shards == len(s.reads) and s.remote_shards == 0  # DataNode on 127.0.0.1
+    assert np.array_equal(rows, state["embed"][pieces[0].rows[1] - 3:pieces[0].rows[1] + 3])
+    assert fs.bytes_read == rows.nbytes  # both shards' headers were checked already
+    totals = access.totals(Catalog(uri), "m", m.version)
+    assert totals.sessions == 1 and totals.local == s.local_shards and totals.remote == 0
+
+
+def test_preload_from_hdfs_then_load_locally_and_verify(hdfs_model, tmp_path):
+    uri, state, m = hdfs_model
+    r = modelshard.preload("m", catalog=uri, cache_dir=str(tmp_path / "c"))
+    assert (r.shards, r.fetched, r.bytes_fetched) == (len(m.shards), len(m.shards), r.bytes)
+    with modelshard.open("m", catalog=uri, cache_dir=str(tmp_path / "c")) as h:
+        assert_same(h.load_state_dict(), state)
+        assert h.stats().sources == {"cache": len(m.shards)} and h.stats().range_bytes == 0
+    with modelshard.open("m", catalog=uri, verify=True, budget_bytes=2 * m.shard_size) as h:
+        assert_same(h.load_state_dict(framework="torch"), state)
+        sched = h.stats().scheduler
+        assert sched.peak_bytes_held <= 2 * m.shard_size
+        assert sched.local_reads == len(m.shards) and sched.remote_reads == 0
+
+
+def test_replicate_sets_and_checks_the_factor_and_warns_beyond_the_datanodes(hdfs_model, caplog):
+    uri, _, m = hdfs_model
+    cat = Catalog(uri)
+    assert placement.live_datanodes(cat.fs) == 1
+    with caplog.at_level(logging.WARNING, logger="modelshard.placement"):
+        r = placement.replicate("m", replication=2, catalog=uri)
+    assert "more than the 1 live DataNode" in r.warning and "under-replicated" in caplog.text
+    vdir = cat.version_dir("m", m.version)
+    assert [cat.fs.stat(f"{vdir}/{s.path}").replication for s in m.shards] == [2] * len(m.shards)
+    assert {(s["before"], s["after"]) for s in r.shards} == {(1, 2)}
+    placement.replicate("m", replication=1, catalog=uri)
+    with pytest.raises(UsageError, match="at least 1"):
+        placement.replicate("m", replication=0, catalog=uri)
+    with pytest.raises(UsageError, match="no access statistics"):
+        placement.replicate("m", replication=3, hot=True, catalog=uri)
+    hot = m.tensors["block.7.w"].pieces[0].shard
+    for _ in range(3):
+        modelshard.load("m", catalog=uri, names=["block.7.w"])
+    modelshard.load("m", catalog=uri, names=["block.20.w"])
+    r = placement.replicate("m", replication=3, hot=True, top=1, catalog=uri)
+    assert [s["path"] for s in r.shards] == [hot]
+    stats = placement.access_stats("m", catalog=uri)
+    assert stats.shards[0].path == hot and stats.shards[0].replication == 3
+    assert {s.replication for s in stats.shards[1:]} == {1}
+
+
+def test_copy_between_hdfs_and_local_catalogs(hdfs_model, hdfs_root, tmp_path):
+    uri, state, m = hdfs_model
+    fs, root = hdfs_root
+    local = str(tmp_path / "local")
+    placement.copy("m", local, catalog=uri)
+    assert_same(modelshard.load("m", catalog=local), state)
+    modelshard.verify("m", catalog=local)
+    back = fs.uri(f"{root}/back")
+    copied = placement.copy("m", back, catalog=local)
+    assert copied.version == m.version and modelshard.verify("m", catalog=back).shards == len(
+        m.shards)
+    assert modelshard.alias("m@latest", catalog=back) == m.version
