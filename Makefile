@@ -9,7 +9,7 @@ HADOOP_HOME := $(CURDIR)/.hadoop
 CLUSTER := bin/modelshard-cluster
 PYTEST_ARGS ?=
 
-.PHONY: setup venv hadoop pydoop test unit quickstart smoke lint bench cluster-start cluster-stop
+.PHONY: setup venv hadoop pydoop test unit quickstart smoke lint cluster-start cluster-stop
 
 setup: venv hadoop pydoop
 
@@ -41,9 +41,15 @@ test: setup
 unit: venv
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-# The main job: set up, start the cluster, run the smoke job on YARN, stop.
+# The main job on the embedded default (a local-filesystem catalog, mrjob's local runner; no
+# cluster needed): push an MLP, train it by parameter averaging on scikit-learn's digits,
+# predict held-out rows, reshard to BF16, list the catalog, print a summary.
+quickstart: venv
+	$(BIN)/python -m modelshard.quickstart
+
+# The foundation's smoke job on the bundled cluster: start it, run a word count on YARN, stop.
 smoke: setup
-	$(CLUSTER) start && { $(BIN)/python -m tests.jobs.mr_smoke --demo; rc=$$?; $(CLUSTER) stop; exit $$rc; } \
+	$(CLUSTER) start && { $(BIN)/python -m tests.jobs.smoke; rc=$$?; $(CLUSTER) stop; exit $$rc; } \
 	  || { rc=$$?; $(CLUSTER) stop; exit $$rc; }
 
 lint: venv
