@@ -118,7 +118,8 @@ def bench_predict(tmp: Path, runs: int, n_rows: int, yarn: bool) -> None:
         assert res.records == n_rows
         job_t.append(t)
         shutil.rmtree(out)
-        print(f"predict run {r}: local runner {n_rows / job_t[-1]:.0f} rec/s, in-process {n_rows / base_t[-1]:.0f} rec/s")
+        print(f"predict run {r}: local runner {n_rows / job_t[-1]:.0f} rec/s, "
+              f"in-process {n_rows / base_t[-1]:.0f} rec/s")
     job, base = n_rows / statistics.median(job_t), n_rows / statistics.median(base_t)
     rows.append((f"prediction: records/s, mr_predict on the local runner vs in-process batched torch "
                  f"({n_rows} JSON rows, median of {runs})", f"{job:,.0f}", f"{base:,.0f}",
