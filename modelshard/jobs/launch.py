@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from mrjob.job import MRJob
 from mrjob.step import StepFailedException
+from mrjob.util import to_lines
 
 from modelshard.errors import JobError, ModelShardError
 from modelshard.fs import FileSystem
@@ -74,11 +75,13 @@ def run_job(
     jobconf: dict[str, str],
     overrides: dict[str, str] | None = None,
     echo: Callable[[str], object] | None = None,
+    keep: Callable[[bytes], bool] | None = None,
 ) -> JobResult:
     """Run ``job_class`` and return its parsed output and counters.
 
     ``jobconf`` is the rendered job XML; ``overrides`` are the user's ``-D key=value``.
     ``echo`` receives progress lines (application id, tracking URL, map/reduce progress).
+    ``keep``: parse only the output lines it accepts (a large output is not decoded whole).
     """
     args = [*runner_args(runner), "--no-conf", *jobconf_args(jobconf, overrides)]
     if output_dir:
@@ -92,7 +95,8 @@ def run_job(
     try:
         with job.make_runner() as r:
             r.run()
-            output = list(job.parse_output(r.cat_output()))
+            read = job.output_protocol().read
+            output = [read(line) for line in to_lines(r.cat_output()) if keep is None or keep(line)]
             counters: dict[str, dict[str, int]] = {}
             for step in r.counters():
                 for group, names in step.items():

@@ -65,7 +65,8 @@ def predict(
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
-                  jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+                  jobconf=parse_job_xml(xml), overrides=overrides, echo=echo,
+                  keep=lambda line: line.startswith(b"null\t"))  # only bad records are read back
     counts = job.counters.get("modelshard", {})
     bad = [v for k, v in job.output if k is None]
     if bad:

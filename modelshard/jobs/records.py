@@ -16,10 +16,10 @@ and write it to their side output: it is never silently dropped.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
+import orjson
 
 from modelshard.errors import UsageError
 
@@ -40,8 +40,8 @@ def parse_record(line: str, fmt: str, *, n_features: int | None = None) -> tuple
     """``(id, features, label or None)`` of one line."""
     if fmt == "jsonl":
         try:
-            rec = json.loads(line)
-        except ValueError as e:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
             raise BadRecord(f"not JSON: {e}") from None
         if not isinstance(rec, dict):
             raise BadRecord("not a JSON object")
