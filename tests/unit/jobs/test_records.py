@@ -10,7 +10,7 @@ from modelshard.jobs.records import BadRecord, parse_record
     ('{"x": [1]}', "no id"),
     ('{"id": 1, "x": ["a"]}', "not all numbers"),
     ('{"id": 1, "x": []}', "non-empty"),
-    ('{"id": 1, "x": [NaN, 1]}', "NaN"),
+    ('{"id": 1, "x": [NaN, 1]}', "not JSON"),  # NaN is not JSON
     ('{"id": 1, "x": [1, 2], "y": 1.5}', "class index"),
     ('{"id": 1, "x": [1, 2, 3]}', "3 features; the model takes 2"),
 ])
@@ -23,5 +23,7 @@ def test_csv_with_and_without_label():
     rid, x, y = parse_record("r9,4,0.5,1\n", "csv")
     assert (rid, y) == ("r9", 4) and np.array_equal(x, [0.5, 1.0])
     assert parse_record("r9,,0.5,1", "csv")[2] is None
+    with pytest.raises(BadRecord, match="NaN or infinity"):
+        parse_record("r9,,nan,1", "csv")
     with pytest.raises(BadRecord, match="CSV fields"):
         parse_record("r9,1", "csv")
