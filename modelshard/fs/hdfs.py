@@ -401,8 +401,9 @@ class _RawFile(io.RawIOBase):
             return self._raw.readinto(buffer)
 
     def write(self, data: Any) -> int:
+        # pydoop takes any contiguous buffer: no copy of a chunk on its way to the JVM.
         with self._fs._errors(self._path, "write"):
-            return self._raw.write(bytes(data))
+            return self._raw.write(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         with self._fs._errors(self._path, "seek"):

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -76,13 +77,19 @@ class LocalFileSystem(FileSystem):
             return open(path, "wb")
 
     def create_exclusive(self, path: str, data: bytes) -> None:
+        # Write a private file, then link(2) it into place: the link fails if `path` exists,
+        # and a reader never sees `path` empty or half written (as with HDFS's rename).
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
         with _os_errors(path):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.makedirs(parent or ".", exist_ok=True)
             try:
-                os.write(fd, data)
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                os.link(tmp, path)
             finally:
-                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def rename(self, src: str, dst: str) -> None:
         if os.path.lexists(dst):
