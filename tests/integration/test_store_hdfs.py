@@ -80,8 +80,6 @@ def test_a_catalog_of_another_hdfs_user_is_read_only(hdfs_root, tmp_path):
         return subprocess.run([sys.executable, "-m", "modelshard", *argv, "--catalog", uri],
                               capture_output=True, text=True, env=env, timeout=180)
 
-    pushed = command("push", str(tmp_path / "none.pt"), "m")  # the source check comes first
-    assert pushed.returncode == 1 and "none.pt: no such file" in pushed.stderr
     modelshard.pull("m", tmp_path / "hf", catalog=uri)
     pushed = command("push", str(tmp_path / "hf"), "m")
     last = pushed.stderr.strip().splitlines()[-1]
