@@ -154,6 +154,10 @@ class Catalog:
         """The version ``alias`` points at, or None."""
         for _ in range(_RETRIES):
             log = self._alias_log(name, alias)
+            if not log and self.fs.exists(self._alias_dir(name, alias)):
+                # A move adds its entry before it prunes, so a log is never empty: this
+                # listing saw only entries pruned meanwhile (a local listing is not atomic).
+                continue
             try:
                 for _, path in reversed(log):
                     try:

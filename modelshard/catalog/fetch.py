@@ -35,71 +35,87 @@ def _mismatch(uri: str, shard: ShardRecord, size: int, sha: str) -> IntegrityErr
                           "truncated: restore it or push the model again")
 
 
-def _stream(fs: FileSystem, path: str, shard: ShardRecord, sink: Callable[[bytes], object],
-            progress: Progress) -> None:
-    """Feed the shard's bytes to ``sink`` chunk by chunk; raise if they are not the manifest's."""
-    digest, size = hashlib.sha256(), 0
+def _read_checked(fs: FileSystem, path: str, shard: ShardRecord, progress: Progress, *,
+                  into: Sequence[tuple[int, memoryview]] = (),
+                  sink: Callable[[memoryview], object] | None = None) -> None:
+    """Read the shard once, front to back, hashing as it goes: the bytes at each ``(offset,
+    view)`` of ``into`` go straight into ``view`` (no copy in between), the rest through a
+    scratch buffer; every byte also goes to ``sink``. Raise if the file is not the
+    manifest's (the views then hold damaged bytes: do not hand them out)."""
+    digest, scratch = hashlib.sha256(), memoryview(bytearray(CHUNK))
+    segments, pos = [], 0
+    for offset, view in sorted(into, key=lambda ov: ov[0]):
+        segments += _scratch_pieces(scratch, offset - pos) + [view]
+        pos = offset + len(view)
+    segments += _scratch_pieces(scratch, shard.size - pos)
+    size = 0
     with fs.open_read(path) as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            if size + len(chunk) <= shard.size:  # a longer file fails below
-                sink(chunk)
-            size += len(chunk)
-            progress(len(chunk))
+        for segment in segments:
+            for start in range(0, len(segment), CHUNK):
+                part = segment[start:start + CHUNK]
+                n = f.readinto(part)
+                digest.update(part[:n])
+                if sink:
+                    sink(part[:n])
+                size += n
+                progress(n)
+                if n < len(part):  # shorter than the manifest says
+                    raise _mismatch(fs.uri(path), shard, size, digest.hexdigest())
+        while n := f.readinto(scratch):  # longer than the manifest says
+            digest.update(scratch[:n])
+            size += n
     if (size, digest.hexdigest()) != (shard.size, shard.sha256):
         raise _mismatch(fs.uri(path), shard, size, digest.hexdigest())
 
 
+def _scratch_pieces(scratch: memoryview, n: int) -> list[memoryview]:
+    """Views of ``scratch`` covering ``n`` bytes that go nowhere in particular."""
+    return [scratch[:min(len(scratch), n - i)] for i in range(0, n, len(scratch))]
+
+
 # -- into memory ---------------------------------------------------------------------------
 def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) -> dict[str, Any]:
-    """Every tensor as a writable numpy array or torch tensor, split tensors reassembled."""
+    """Every tensor as a writable numpy array or torch tensor, split tensors reassembled.
+
+    Each tensor gets its own uninitialised buffer and every piece of it is read from HDFS
+    straight into its place: no shard buffer, no copy to reassemble a split tensor.
+    """
     if framework not in FRAMEWORKS:
         raise UsageError(f"framework={framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     vdir = catalog.version_dir(manifest.name, manifest.version)
-
-    def read(shard: ShardRecord, progress: Progress) -> bytearray:
-        buf, pos = bytearray(shard.size), 0
-
-        def sink(chunk: bytes) -> None:
-            nonlocal pos
-            buf[pos:pos + len(chunk)] = chunk
-            pos += len(chunk)
-
-        _stream(catalog.fs, posixpath.join(vdir, shard.path), shard, sink, progress)
-        return buf
-
-    bufs = run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
-                   desc=f"pull {manifest.name}@{manifest.version}")
-    by_path = {s.path: memoryview(b) for s, b in zip(manifest.shards, bufs, strict=True)}
-    out = {}
+    bufs = {name: np.empty(t.nbytes, np.uint8) for name, t in manifest.tensors.items()}
+    into: dict[str, list[tuple[int, memoryview]]] = {s.path: [] for s in manifest.shards}
     for name, t in manifest.tensors.items():
-        if t.is_split:
-            joined, pos = bytearray(t.nbytes), 0
-            for p in t.pieces:
-                joined[pos:pos + p.end - p.begin] = by_path[p.shard][p.begin:p.end]
-                pos += p.end - p.begin
-            raw = memoryview(joined)
-        else:
-            p = t.pieces[0]
-            raw = by_path[p.shard][p.begin:p.end]
-        out[name] = _as_numpy(raw, t) if framework == "numpy" else _as_torch(raw, t)
-    return out
+        view, pos = memoryview(bufs[name]), 0
+        for p in t.pieces:
+            into[p.shard].append((p.begin, view[pos:pos + p.end - p.begin]))
+            pos += p.end - p.begin
+
+    def read(shard: ShardRecord, progress: Progress) -> None:
+        _read_checked(catalog.fs, posixpath.join(vdir, shard.path), shard, progress,
+                      into=into[shard.path])
+
+    run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
+            desc=f"pull {manifest.name}@{manifest.version}")
+    convert = _as_numpy if framework == "numpy" else _as_torch
+    return {name: convert(bufs[name], t) for name, t in manifest.tensors.items()}
 
 
 def _size(shards: Sequence[ShardRecord]) -> int:
     return sum(s.size for s in shards)
 
 
-def _as_numpy(raw: memoryview, t: TensorRecord) -> np.ndarray:
-    return np.frombuffer(raw, dtype=t.dtype.numpy).reshape(t.shape)
+def _as_numpy(raw: np.ndarray, t: TensorRecord) -> np.ndarray:
+    return raw.view(t.dtype.numpy).reshape(t.shape)
 
 
-def _as_torch(raw: memoryview, t: TensorRecord) -> Any:
+def _as_torch(raw: np.ndarray, t: TensorRecord) -> Any:
     import torch
 
-    if not t.nbytes:  # torch.frombuffer refuses an empty buffer
+    if not t.nbytes:  # torch cannot view an empty uint8 tensor as another dtype
         return torch.empty(t.shape, dtype=t.dtype.torch)
-    return torch.frombuffer(raw, dtype=t.dtype.torch).reshape(t.shape)
+    # uint8 first: torch.from_numpy knows no ml_dtypes bfloat16
+    return torch.from_numpy(raw).view(t.dtype.torch).reshape(t.shape)
 
 
 # -- into a folder -------------------------------------------------------------------------
@@ -147,7 +163,8 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
 
     def copy(shard: ShardRecord, progress: Progress) -> None:
         with fs.open_write(copies[shard.path]) as out:
-            _stream(src_fs, posixpath.join(vdir, shard.path), shard, out.write, progress)
+            _read_checked(src_fs, posixpath.join(vdir, shard.path), shard, progress,
+                          sink=out.write)
 
     desc = f"pull {manifest.name}@{manifest.version}"
     run_all(copy, manifest.shards, workers=workers, total=_size(manifest.shards), desc=desc)

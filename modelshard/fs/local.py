@@ -6,7 +6,8 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError
@@ -29,6 +30,12 @@ def _os_errors(path: str) -> Iterator[None]:
         if e.errno == errno.ENOSPC:
             raise StorageError(f"{path}: no space left on device; free disk space and retry") from e
         raise StorageError(f"{path}: {e.strerror or e}") from e
+
+
+def _ignore_vanished(func: Callable[..., object], path: str, exc_info: tuple) -> None:
+    """``shutil.rmtree``'s error hook: an entry a concurrent deleter removed first is fine."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 class LocalFileSystem(FileSystem):
@@ -70,13 +77,19 @@ class LocalFileSystem(FileSystem):
             return open(path, "wb")
 
     def create_exclusive(self, path: str, data: bytes) -> None:
+        # Write a private file, then link(2) it into place: the link fails if `path` exists,
+        # and a reader never sees `path` empty or half written (as with HDFS's rename).
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
         with _os_errors(path):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.makedirs(parent or ".", exist_ok=True)
             try:
-                os.write(fd, data)
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                os.link(tmp, path)
             finally:
-                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def rename(self, src: str, dst: str) -> None:
         if os.path.lexists(dst):
@@ -91,10 +104,12 @@ class LocalFileSystem(FileSystem):
             os.makedirs(path, exist_ok=True)
 
     def delete(self, path: str, *, recursive: bool = False) -> None:
-        with _os_errors(path):
+        # A concurrent caller may delete the same path (or part of the tree) first: what
+        # is already gone counts as deleted, as on HDFS.
+        with contextlib.suppress(NotFoundError), _os_errors(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 if recursive:
-                    shutil.rmtree(path)
+                    shutil.rmtree(path, onerror=_ignore_vanished)
                 else:
                     os.rmdir(path)
             elif os.path.lexists(path):
@@ -110,7 +125,13 @@ class LocalFileSystem(FileSystem):
     def ls(self, path: str) -> list[FileInfo]:
         with _os_errors(path):
             names = sorted(os.listdir(path))
-        return [self.stat(os.path.join(path, n)) for n in names]
+        infos = []
+        for name in names:
+            # An entry deleted between listing and stat is skipped: the listing is as of
+            # some moment, as HDFS's one-RPC listing is.
+            with contextlib.suppress(NotFoundError):
+                infos.append(self.stat(os.path.join(path, name)))
+        return infos
 
     def _file_size(self, path: str, action: str) -> int:
         info = self.stat(path)

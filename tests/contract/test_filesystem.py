@@ -232,6 +232,61 @@ def test_delete(root):
     assert root.fs.ls(root.path) == []
 
 
+def together(n: int, fn) -> list[Exception]:
+    """Run ``fn()`` on ``n`` threads released at once; the exceptions they raised."""
+    start, errors = threading.Barrier(n), []
+
+    def run() -> None:
+        start.wait()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors
+
+
+def test_concurrent_deletes_of_one_path_all_succeed(root):
+    for i in range(40):
+        root.fs.write_bytes(root("d", f"s{i % 4}", f"f{i}"), b"x")
+    root.fs.write_bytes(root("f"), b"f")
+
+    def delete_both() -> None:
+        root.fs.delete(root("d"), recursive=True)
+        root.fs.delete(root("f"))
+
+    assert together(6, delete_both) == []
+    assert root.fs.ls(root.path) == []
+
+
+def test_ls_skips_entries_deleted_while_listing(root):
+    names = [root(f"f{i:02d}") for i in range(40)]
+    for name in names:
+        root.fs.write_bytes(name, b"x")
+    done = threading.Event()
+
+    def delete_all() -> None:
+        for name in names:
+            root.fs.delete(name)
+        done.set()
+
+    deleter = threading.Thread(target=delete_all)
+    deleter.start()
+    listings = []
+    try:
+        while not done.is_set():
+            listings.append([i.path for i in root.fs.ls(root.path)])
+    finally:
+        deleter.join()
+    assert all(set(listing) <= set(names) for listing in listings)
+    assert root.fs.ls(root.path) == []
+
+
 # -- metadata --------------------------------------------------------------------------------
 def test_stat(root):
     root.fs.write_bytes(root("f.bin"), b"12345")

@@ -38,14 +38,15 @@ def test_layout(catalog):
                    "models/m/aliases/prod/000000000001"]
 
 
-def test_missing_catalog(tmp_path):
-    cat = Catalog(str(tmp_path / "nowhere"))
+def test_missing_catalog(catalog_root):
+    fs, root = catalog_root
+    cat = Catalog(fs.uri(f"{root}/nowhere"))
     for call in (lambda: modelshard.ls(catalog=cat), lambda: modelshard.show("m", catalog=cat),
                  lambda: modelshard.pull("m", catalog=cat), lambda: modelshard.gc(catalog=cat),
                  lambda: modelshard.rm("m", confirm=True, catalog=cat)):
         with pytest.raises(NotFoundError, match="nowhere does not exist; check --catalog"):
             call()
-    assert not (tmp_path / "nowhere").exists()
+    assert not fs.exists(f"{root}/nowhere")
 
 
 def test_resolve(catalog):
