@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from filelock import FileLock
@@ -19,6 +20,9 @@ from modelshard.cache import PreloadCache, ShardRef
 from modelshard.cache import preload as preload_mod
 from modelshard.errors import IntegrityError, StorageError, UsageError
 from modelshard.fs import LocalFileSystem
+from tests.privileges import without_file_mode_override
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_shards(root, sizes, seed=0) -> list[ShardRef]:
@@ -176,16 +180,35 @@ def test_cache_folder_that_cannot_be_written(tmp_path):
         PreloadCache(tmp_path / "a-file" / "cache", max_bytes=1000)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any mode bits")
 def test_read_only_cache_folder(tmp_path):
+    """A folder the user may not write (as root too: the check runs without root's power
+    over file modes, in a process of its own)."""
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(StorageError, match="permission|--cache-dir"):
-            PreloadCache(ro, max_bytes=1000)
+        opened = subprocess.run(
+            [*without_file_mode_override(), sys.executable, "-c", _OPEN_CACHE, str(ro)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120)
+        assert opened.returncode == 1, opened.stderr
+        assert opened.stderr == (f"{ro}: the preload cache folder cannot be written (Permission "
+                                 "denied); pass a writable folder with --cache-dir or fix the "
+                                 "folder's permissions\n")
+        assert os.listdir(ro) == []
     finally:
         ro.chmod(0o700)
+
+
+_OPEN_CACHE = """
+import sys
+from modelshard.cache import PreloadCache
+from modelshard.errors import StorageError
+try:
+    PreloadCache(sys.argv[1], max_bytes=1000)
+except StorageError as e:
+    sys.exit(str(e))
+"""
 
 
 def test_disk_full_mid_fetch_leaves_no_partial_entry(tmp_path, remote, monkeypatch):
