@@ -4,12 +4,19 @@ size, pread at an offset, list, set and read back replication, block hosts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
 import uuid
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from modelshard.fs.hdfs import _pydoop_hdfs
 
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 DATA = bytes(range(256)) * (5 * MiB // 2 // 256)  # 2.5 blocks of 1 MiB
 
@@ -32,6 +39,10 @@ def test_pydoop_is_the_patched_2_0_0():
 
     assert pydoop.__version__ == "2.0.0"
     assert "hadoop-common-3.5.0.jar" in pydoop.hadoop_classpath()
+    # HdfsFileSystem shares a connection between threads, which only the patch makes safe.
+    wheel = json.loads(metadata.distribution("pydoop").read_text("direct_url.json"))["url"]
+    patch = hashlib.sha256((REPO / "bin" / "pydoop-2.0.0.patch").read_bytes()).hexdigest()
+    assert f"/pydoop-2.0.0-{patch[:12]}/" in wheel, f"{wheel} is stale: run 'make pydoop'"
 
 
 def test_write_pread_list_replicate_and_locate(pydoop_dir):
@@ -66,3 +77,59 @@ def test_errors_carry_errno(pydoop_dir):
     fs.open_file(f"{root}/f", "wb").close()
     with pytest.raises(NotADirectoryError):
         fs.create_directory(f"{root}/f/sub")
+
+
+def test_threads_share_one_connection(cluster):
+    """8 threads x 200 rounds of open, read, list and stat on one connection, natively and
+    through HdfsFileSystem. Unpatched, pydoop's open_file crashed the process (SIGSEGV)
+    within seconds, so this runs in a process of its own."""
+    run = subprocess.run([sys.executable, "-c", _HAMMER, "8", "200"], capture_output=True,
+                         text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout == "1600 rounds\n"
+
+
+_HAMMER = """
+import sys, threading, uuid
+from modelshard.fs.hdfs import HdfsFileSystem
+
+threads, rounds = int(sys.argv[1]), int(sys.argv[2])
+fs = HdfsFileSystem.for_netloc("")
+native = fs._fs
+root = f"/tmp/modelshard-test/threads-{uuid.uuid4().hex}"
+data = [bytes([i]) * (1000 + i) for i in range(8)]
+for i, d in enumerate(data):
+    fs.write_bytes(f"{root}/f{i}", d)
+done, errors = [], []
+
+def work(t):
+    try:
+        for r in range(rounds):
+            i = (t + r) % len(data)
+            path = f"{root}/f{i}"
+            f = native.open_file(path, "r")
+            try:
+                assert f.pread(10, 20) == data[i][10:30]
+                assert f.read(len(data[i]) + 1) == data[i]
+            finally:
+                f.close()
+            assert len(native.list_directory(root)) == len(data)
+            assert native.get_path_info(path)["size"] == len(data[i])
+            with fs.open_read(path) as g:
+                assert g.read() == data[i]
+            assert fs.read_range(path, 5, 7) == data[i][5:12]
+            assert [e.size for e in fs.ls(root)] == [len(d) for d in data]
+            done.append(1)
+    except BaseException as e:
+        errors.append(repr(e))
+
+workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+fs.delete(root, recursive=True)
+if errors:
+    sys.exit(f"{len(errors)} threads failed, e.g. {errors[0]}")
+print(f"{len(done)} rounds")
+"""
