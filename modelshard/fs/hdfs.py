@@ -82,7 +82,9 @@ class HdfsFileSystem(FileSystem):
                 "set fs.defaultFS in core-site.xml or use an hdfs://host:port URI"
             )
         # The native handle: pydoop's wrapper around it adds RPCs (a stat per open) we avoid.
-        self._fs: Any = _Gated(self._handle.fs)
+        # Threads share it freely: bin/pydoop-2.0.0.patch fixed pydoop's thread-unsafe
+        # open_file (a crash under concurrent opens) and list_directory.
+        self._fs: Any = self._handle.fs
         self.netloc = f"{self._handle.host}:{self._handle.port}"
         self.user: str = self._handle.user
 
@@ -322,60 +324,6 @@ def _info(path: str, d: dict[str, Any]) -> FileInfo:
         replication=d["replication"],
         block_size=d["block_size"],
     )
-
-
-class _Gated:
-    """pydoop's native connection, made safe to share between threads.
-
-    pydoop 2.0.0's ``open_file`` hands the connection's JNI reference to Python as if it
-    were a Python object, so ``Py_INCREF``/``Py_DECREF`` briefly add 1 to the object pointer
-    that the reference holds. A JNI call on the same connection in another thread (the GIL
-    is released around every libhdfs call) then follows a misaligned pointer and the JVM
-    crashes the process (SIGSEGV; seen with 4 threads opening shards). So an open runs
-    alone; every other call on the connection may run alongside the others. Calls on open
-    files do not use the connection's reference and are not gated. Example::
-
-        fs = _Gated(pydoop.hdfs.hdfs("default", 0).fs)
-        fs.get_path_info("/")      # shared
-        fs.open_file("/f", "r")    # exclusive
-    """
-
-    def __init__(self, native: Any) -> None:
-        self._native = native
-        self._cond = threading.Condition()
-        self._running = 0  # shared calls in progress
-        self._opening = False
-        self._waiting_opens = 0  # they go first, so a stream of stats cannot starve them
-
-    def open_file(self, *args: Any) -> Any:
-        with self._cond:
-            self._waiting_opens += 1
-            self._cond.wait_for(lambda: not self._opening and not self._running)
-            self._waiting_opens -= 1
-            self._opening = True
-        try:
-            return self._native.open_file(*args)
-        finally:
-            with self._cond:
-                self._opening = False
-                self._cond.notify_all()
-
-    def __getattr__(self, name: str) -> Any:
-        call = getattr(self._native, name)
-
-        def shared(*args: Any) -> Any:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._opening and not self._waiting_opens)
-                self._running += 1
-            try:
-                return call(*args)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    if not self._running:
-                        self._cond.notify_all()
-
-        return shared
 
 
 class _RawFile(io.RawIOBase):
