@@ -5,11 +5,11 @@ with a null id and its reason (the driver splits them into a side output) and co
 Settings come from the job XML (``templates/predict_config.xml.j2``) as jobconf.
 """
 
-from modelshard.jobs.modelio import load_model
 from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, RawValueProtocol
 
+from modelshard.jobs.modelio import load_model
 from modelshard.jobs.predict import Predictor
 
 COUNTERS = "modelshard"
