@@ -21,8 +21,12 @@ class MRPredict(MRJob):
 
     def mapper_init(self):
         self.set_status("loading model " + jobconf_from_env("modelshard.model"))
+        budget = jobconf_from_env("modelshard.predict.budget_bytes", "")
         model = load_model(jobconf_from_env("modelshard.catalog"), jobconf_from_env("modelshard.model"),
-                           progress=self.set_status)
+                           cache_dir=jobconf_from_env("modelshard.predict.cache_dir", "") or None,
+                           budget_bytes=int(budget) if budget else None, record_stats=True,
+                           progress=self.set_status,
+                           counter=lambda name, n: self.increment_counter(COUNTERS, name, n))
         self.predictor = Predictor(model, fmt=jobconf_from_env("modelshard.format", "jsonl"),
                                    batch_size=int(jobconf_from_env("modelshard.predict.batch_size", "1024")))
 

@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("output", help="a folder that does not exist yet")
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--cache-dir", help="the nodes' preload cache: tasks read verified shards from it")
+    p.add_argument("--budget", type=size_arg, help="most model bytes a task holds in memory, e.g. 2G")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("reshard", parents=[job], help="rewrite a version with new shards (and dtype)",
@@ -117,7 +119,8 @@ def _train(args: argparse.Namespace) -> Output:
 def _predict(args: argparse.Namespace) -> Output:
     from modelshard.jobs.prediction import predict
 
-    r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size, **_job_args(args))
+    r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size,
+                cache_dir=args.cache_dir, budget_bytes=args.budget, **_job_args(args))
     return Output(r.__dict__, f"predicted {r.records - r.bad_records} records with {r.model} into {r.output}"
                               + (f"; {r.bad_records} bad records in _bad_records.jsonl" if r.bad_records else ""))
 

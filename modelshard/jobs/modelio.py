@@ -15,12 +15,12 @@ import numpy as np
 from mrjob.compat import jobconf_from_env
 from torch import nn
 
-from modelshard.api import pull
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.commit import shard_block_size, shard_path
 from modelshard.errors import FormatError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.models import ModelSpec, build
+from modelshard.loading import open as open_model
 from modelshard.shards import dtypes
 from modelshard.shards.format import ShardItem, Written, encode_header, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
@@ -37,13 +37,30 @@ def model_spec(catalog: Catalog, key: str) -> ModelSpec:
     return ModelSpec.parse(text)
 
 
-def load_model(catalog_uri: str, key: str, *, progress: Callable[[str], object] | None = None) -> nn.Module:
-    """The torch module of ``key``: built from its spec, weights pulled (checksummed)."""
+def load_model(catalog_uri: str, key: str, *, cache_dir: str | None = None, budget_bytes: int | None = None,
+               record_stats: bool = False, progress: Callable[[str], object] | None = None,
+               counter: Callable[[str, int], object] | None = None) -> nn.Module:
+    """The torch module of ``key``, built from its spec, its weights read through the lazy
+    handle: via the node's preload cache when ``cache_dir`` is given (shards verified into
+    it once, then memory-mapped by every task on the node), else by range with every shard
+    hashed as it is read; ``budget_bytes`` bounds the shards held at once (the scheduler).
+    ``counter(name, n)`` receives the handle's statistics, for Hadoop counters."""
     catalog = Catalog(catalog_uri)
     model = build(model_spec(catalog, key))
     if progress:
         progress(f"fetching weights of {key}")
-    state = pull(key, catalog=catalog, framework="torch")
+    with open_model(key, catalog=catalog, cache_dir=cache_dir or None, fill_cache=bool(cache_dir),
+                    budget_bytes=budget_bytes, verify=True, record_stats=record_stats) as handle:
+        state = handle.load_state_dict(framework="torch")
+        stats = handle.stats()
+    if counter:
+        counts = {"model bytes read by range": stats.range_bytes, "model shards local": stats.local_shards,
+                  "model shards remote": stats.remote_shards,
+                  **{f"model shards via {source}": n for source, n in stats.sources.items()}}
+        if stats.cache:
+            counts.update({"preload cache hits": stats.cache.hits, "preload cache misses": stats.cache.misses})
+        for name, n in counts.items():
+            counter(name, n)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

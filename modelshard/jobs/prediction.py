@@ -42,12 +42,15 @@ def predict(
     catalog: str | None = None,
     fmt: str = "jsonl",
     batch_size: int = 1024,
+    cache_dir: str | None = None,
+    budget_bytes: int | None = None,
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
     echo: Callable[[str], object] | None = None,
 ) -> PredictResult:
     """Predict every record under ``data`` with ``key``; predictions land in ``output``
-    as JSON lines ``id<TAB>class``::
+    as JSON lines ``id<TAB>class``. ``cache_dir``: the nodes' preload cache, where tasks
+    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds::
 
         predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
     """
@@ -63,7 +66,8 @@ def predict(
     xml = render_job_xml("predict", **{
         "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
-        "batch_size": batch_size, **(job_options or {})})
+        "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
+        **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
                   jobconf=parse_job_xml(xml), overrides=overrides, echo=echo,
                   keep=lambda line: line.startswith(b"null\t"))  # only bad records are read back

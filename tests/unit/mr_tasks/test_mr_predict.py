@@ -67,3 +67,15 @@ def test_refused_before_any_job(tmp_path, model):
     (tmp_path / "out").mkdir()
     with pytest.raises(AlreadyExistsError, match="already exists"):
         predict(key, str(tmp_path / "in.jsonl"), str(tmp_path / "out"), catalog=cat)
+
+
+def test_tasks_load_through_the_preload_cache_under_a_budget(tmp_path, model, digit_rows):
+    cat, key = model
+    x, _ = digit_rows
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": i, "x": x[i].tolist()}) + "\n" for i in range(20)))
+    r = predict(key, str(tmp_path / "in.jsonl"), str(tmp_path / "out"), catalog=cat, runner="local",
+                cache_dir=str(tmp_path / "cache"), budget_bytes=1 << 20)
+    counters = r.counters["modelshard"]
+    assert counters["model shards via scheduler"] >= 1 and counters["records"] == 20
+    assert counters["preload cache hits"] + counters["preload cache misses"] >= 1
+    assert list((tmp_path / "cache").rglob("*")), "the shards were preloaded into the cache"
