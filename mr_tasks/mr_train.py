@@ -13,9 +13,10 @@ from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, RawValueProtocol
 
 from modelshard.jobs import wire
-from modelshard.jobs.modelio import load_model, write_shard_file
+from modelshard.jobs.modelio import load_model
 from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, input_width
 from modelshard.jobs.records import BadRecord, parse_record
+from modelshard.jobs.shardio import write_shard_file
 from modelshard.jobs.train import average, train_split
 
 COUNTERS = "modelshard"

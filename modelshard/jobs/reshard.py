@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError, UsageError
-from modelshard.jobs.modelio import array_items, write_items
+from modelshard.fs import FileSystem
+from modelshard.jobs.launch import job_path
+from modelshard.jobs.shardio import array_items, write_items
 from modelshard.loading import open as open_model
 from modelshard.shards import dtypes, planner
 from modelshard.shards.planner import Piece, ShardPlan, TensorMeta
 
 MIN_SHARD_SIZE = 1 << 20  # HDFS's smallest block (dfs.namenode.fs-limits.min-block-size)
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-MAX_TASKS = 16
+# Each task pays a Python start-up; a few tasks keep a small cluster busy without thrashing.
+DEFAULT_TASKS = 4
 
 
 def target_dtype(source: dtypes.DType, cast: str | None) -> dtypes.DType:
@@ -74,11 +76,11 @@ def write_planned_shard(catalog_uri: str, source_key: str, staging_uri: str, pla
     return {"size": w.size, "sha256": w.sha256, "offsets": {k: list(v) for k, v in w.offsets.items()}}
 
 
-def task_inputs(plans: Sequence[ShardPlan], folder: str) -> list[str]:
-    """One input file per task (a file is one split on every runner), plans dealt round-robin."""
-    n = min(len(plans), MAX_TASKS)
-    paths = [os.path.join(folder, f"plans-{i:03d}.jsonl") for i in range(n)]
+def task_inputs(plans: Sequence[ShardPlan], fs: FileSystem, folder: str, *, tasks: int) -> list[str]:
+    """One input file per task (a file is one split on every runner), plans dealt
+    round-robin; written where the runner reads (HDFS for YARN: nothing to upload)."""
+    n = max(1, min(len(plans), tasks))
+    paths = [f"{folder}/plans-{i:03d}.jsonl" for i in range(n)]
     for i, path in enumerate(paths):
-        with open(path, "w") as f:
-            f.writelines(json.dumps(plan_to_json(p)) + "\n" for p in plans[i::n])
-    return paths
+        fs.write_bytes(path, "".join(json.dumps(plan_to_json(p)) + "\n" for p in plans[i::n]).encode())
+    return [job_path(fs, path) for path in paths]

@@ -6,6 +6,7 @@ map-only streaming job and committed through the store's one atomic commit path.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 
 from modelshard.catalog.catalog import Catalog
@@ -13,9 +14,10 @@ from modelshard.catalog.commit import commit_version, staged_manifest
 from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError
+from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.launch import run_job
-from modelshard.jobs.reshard import plan_reshard, task_inputs
+from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_inputs
 from modelshard.shards.format import Written
 from mr_tasks.mr_reshard import MRReshard
 
@@ -26,6 +28,7 @@ def reshard(
     shard_size: int | None = None,
     shard_count: int | None = None,
     dtype: str | None = None,
+    tasks: int = DEFAULT_TASKS,
     runner: str = "inline",
     catalog: str | None = None,
     aliases: Sequence[str] = (),
@@ -46,14 +49,19 @@ def reshard(
     size, plans = plan_reshard(source, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
 
     def stage(new_version: str, staging: str) -> Manifest:
-        with tempfile.TemporaryDirectory(prefix="modelshard-reshard-") as tmp:
-            inputs = task_inputs(plans, tmp)
+        # The plans go where the runner reads: HDFS for YARN (no upload), else a local folder.
+        fs, scratch = get_fs(f"hdfs:///tmp/modelshard-jobs/{uuid.uuid4().hex}" if runner == "hadoop"
+                             else tempfile.mkdtemp(prefix="modelshard-reshard-"))
+        try:
+            inputs = task_inputs(plans, fs, scratch, tasks=tasks)
             xml = render_job_xml("reshard", **{
                 "job_name": f"modelshard-reshard {name}@{version}", "num_maps": len(inputs), "num_reduces": 0,
                 "catalog": cat.uri, "model": f"{name}@{version}", "input": "", "output": "",
                 "shard_size": size, "dtype": dtype or "", "staging": cat.fs.uri(staging), **(job_options or {})})
             job = run_job(MRReshard, runner=runner, inputs=inputs, output_dir=None,
                           jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+        finally:
+            fs.delete(scratch, recursive=True)
         reports = dict(job.output)
         missing = [p.filename for p in plans if p.filename not in reports]
         if missing:

@@ -23,8 +23,9 @@ from modelshard.errors import NotFoundError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.launch import job_path, run_job
-from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec, plans_from_reports
+from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
+from modelshard.jobs.shardio import plans_from_reports
 from modelshard.jobs.train import Metrics, evaluate
 from modelshard.shards.planner import DEFAULT_SHARD_SIZE
 from mr_tasks.mr_train import MRTrain
