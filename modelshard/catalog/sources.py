@@ -169,15 +169,15 @@ def _from_torch_file(fs: FileSystem, path: str) -> list[SourceTensor]:
     local = fs.local_path(path)
     try:
         try:
-            state = torch.load(local or io.BytesIO(fs.read_bytes(path)), map_location="cpu",
-                               weights_only=True, mmap=bool(local))
+            source = local or io.BytesIO(fs.read_bytes(path))
+            state = torch.load(source, weights_only=True, map_location="cpu", mmap=bool(local))
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
             state = torch.load(local, map_location="cpu", weights_only=True)  # legacy format
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise FormatError(f"{path}: not a plain PyTorch state_dict that torch.load("
-                          f"weights_only=True) accepts ({str(e).splitlines()[0]})") from e
+        raise FormatError(f"{path}: not a plain PyTorch state_dict that a weights-only load "
+                          f"accepts ({str(e).splitlines()[0]})") from e
     if not isinstance(state, Mapping):
         raise FormatError(f"{path}: holds a {type(state).__name__}, not a state_dict mapping "
                           "tensor names to tensors")

@@ -104,7 +104,7 @@ class ShardScheduler(Generic[K]):
         with ShardScheduler(lambda r: fs.read_bytes(r.path), sizes, budget_bytes=8 << 30,
                             policy="gdsf", prefetch_order=refs) as sched:
             with sched.acquire(refs[0]) as buf:      # fetched, kept while the block runs
-                tensors = safetensors.torch.load(bytes(buf))
+                tensors = safetensors.numpy.load(bytes(buf))
             sched.pin(refs[1])                        # never evicted until unpinned
 
     Options (keyword-only):
