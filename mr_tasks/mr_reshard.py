@@ -9,18 +9,24 @@ from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, JSONValueProtocol
 
 from modelshard.jobs.reshard import write_planned_shard
+from modelshard.loading import open as open_model
 
 
 class MRReshard(MRJob):
     INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = JSONProtocol
 
+    def mapper_init(self):
+        self.source = open_model(jobconf_from_env("modelshard.model"), catalog=jobconf_from_env("modelshard.catalog"),
+                                 verify=True, record_stats=False)
+
     def mapper(self, _, plan):
         self.set_status(f"writing {plan['filename']}")
-        yield plan["filename"], write_planned_shard(
-            jobconf_from_env("modelshard.catalog"), jobconf_from_env("modelshard.model"),
-            jobconf_from_env("modelshard.reshard.staging"), plan)
+        yield plan["filename"], write_planned_shard(self.source, jobconf_from_env("modelshard.reshard.staging"), plan)
         self.increment_counter("modelshard", "shards written")
+
+    def mapper_final(self):
+        self.source.close()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,22 @@ message names the path.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+
+def read_fully(pread: Callable[[int, int], bytes], offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` by repeated ``pread(position, n)``: one call may stop
+    short (at an HDFS block boundary, or as the OS likes); fewer only at the end of file."""
+    chunks, done = [], 0
+    while done < length:
+        chunk = pread(offset + done, length - done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)

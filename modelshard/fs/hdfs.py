@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, ClassVar
 from urllib.parse import urlsplit
 
 from modelshard.errors import AlreadyExistsError, ModelShardError, NotFoundError, StorageError
-from modelshard.fs.base import BlockLocation, FileInfo, FileSystem
+from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
 
 _DEFAULT_PORT = 8020  # the NameNode RPC port when a URI names none, as in Hadoop
 _REPO_HADOOP_HOME = Path(__file__).resolve().parents[2] / ".hadoop"
@@ -160,15 +160,8 @@ class HdfsFileSystem(FileSystem):
         with self._errors(path, "read"):
             raw = self._fs.open_file(path, "r", 0, 0, 0)
             try:
-                chunks, pos = [], offset
-                while pos < end:
-                    # One pread stops at a block boundary; loop for the rest.
-                    chunk = raw.pread(pos, end - pos)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    pos += len(chunk)
-                return b"".join(chunks)
+                # One pread stops at a block boundary: read_fully loops for the rest.
+                return read_fully(raw.pread, offset, end - offset)
             finally:
                 raw.close()
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError
-from modelshard.fs.base import BlockLocation, FileInfo, FileSystem
+from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
 
 
 @contextlib.contextmanager
@@ -58,14 +58,7 @@ class LocalFileSystem(FileSystem):
         with _os_errors(path):
             fd = os.open(path, os.O_RDONLY)
             try:
-                chunks, done = [], 0
-                while done < length:
-                    chunk = os.pread(fd, length - done, offset + done)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    done += len(chunk)
-                return b"".join(chunks)
+                return read_fully(lambda pos, n: os.pread(fd, n, pos), offset, length)
             finally:
                 os.close(fd)
 

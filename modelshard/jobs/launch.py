@@ -6,6 +6,7 @@ task's own error (mrjob only logs it as the "probable cause"), not just "step fa
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from mrjob.job import MRJob
 from mrjob.step import StepFailedException
 from mrjob.util import to_lines
 
-from modelshard.errors import JobError, ModelShardError
-from modelshard.fs import FileSystem
+from modelshard.errors import JobError, NotFoundError, UsageError
+from modelshard.fs import FileSystem, get_fs
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
 
@@ -24,6 +25,22 @@ def job_path(fs: FileSystem, path: str) -> str:
     """How mrjob wants a path: plain for the local disk (its local runners do not take
     ``file://`` output folders), a URI for HDFS."""
     return fs.uri(path) if fs.scheme != "file" else path
+
+
+def input_files(uri: str) -> list[str]:
+    """The data files under ``uri`` (a file or a folder), checked before any job starts."""
+    fs, path = get_fs(uri)
+    if not fs.exists(path):
+        raise NotFoundError(f"input {uri} does not exist; check the path")
+    info = fs.stat(path)
+    files = [f for f in fs.walk_files(path) if not os.path.basename(f.path).startswith(("_", "."))] \
+        if info.is_dir else [info]
+    if not files:
+        raise UsageError(f"input {uri} holds no data files")
+    for f in files:
+        if f.size == 0:
+            raise UsageError(f"input file {fs.uri(f.path)} is empty: every training split needs records")
+    return [job_path(fs, f.path) for f in files]
 
 
 @dataclass
@@ -108,8 +125,6 @@ def run_job(
         raise JobError(f"{name} failed on the {runner} runner: {cause or e}"
                        + (f" (application {a})" if (a := collector.find(r"(application_\d+_\d+)")) else "")
                        + "; see the task logs for the full traceback") from e
-    except ModelShardError:
-        raise
     finally:
         log.removeHandler(collector)
         log.setLevel(old_level)

@@ -12,10 +12,9 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.errors import AlreadyExistsError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
-from modelshard.jobs.launch import job_path, run_job
+from modelshard.jobs.launch import input_files, job_path, run_job
 from modelshard.jobs.modelio import model_spec
 from modelshard.jobs.records import check_format
-from modelshard.jobs.training import input_files
 from mr_tasks.mr_predict import MRPredict
 
 BAD_RECORDS = "_bad_records.jsonl"

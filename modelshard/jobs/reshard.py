@@ -1,6 +1,6 @@
 """Resharding logic: the plan of the new shards, and the task side that writes one planned
-shard from the source version (read by rows through the lazy handle, every source shard
-verified by sha256 on first use). The driver is :mod:`modelshard.jobs.resharding`.
+shard from the source version (read by rows through a lazy handle that verifies every
+source shard by sha256 on first use). The driver is :mod:`modelshard.jobs.resharding`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from modelshard.errors import FormatError, UsageError
 from modelshard.fs import FileSystem
 from modelshard.jobs.launch import job_path
 from modelshard.jobs.shardio import array_items, write_items
-from modelshard.loading import open as open_model
+from modelshard.loading import ModelHandle
 from modelshard.shards import dtypes, planner
 from modelshard.shards.planner import Piece, ShardPlan, TensorMeta
 
@@ -62,15 +62,13 @@ def _plan_from_json(doc: dict) -> ShardPlan:
         raise FormatError(f"reshard plan {str(doc)[:200]!r} is malformed: {e}") from e
 
 
-def write_planned_shard(catalog_uri: str, source_key: str, staging_uri: str, plan_doc: dict) -> dict:
-    """Task side: build one planned shard from ``source_key`` and write it into the staged
-    version; returns ``{"size", "sha256", "offsets"}``."""
+def write_planned_shard(source: ModelHandle, staging_uri: str, plan_doc: dict) -> dict:
+    """Task side: build one planned shard from the ``source`` handle (opened once per task,
+    so a source shard is verified once however many new shards draw on it) and write it
+    into the staged version; returns ``{"size", "sha256", "offsets"}``."""
     plan = _plan_from_json(plan_doc)
-    with open_model(source_key, catalog=catalog_uri, verify=True, record_stats=False) as src:
-        arrays = []
-        for p in plan.pieces:
-            a = src.get(p.name) if p.rows is None else src.get_rows(p.name, *p.rows)
-            arrays.append(a.astype(p.dtype.numpy, copy=False))
+    arrays = [(source.get(p.name) if p.rows is None else source.get_rows(p.name, *p.rows))
+              .astype(p.dtype.numpy, copy=False) for p in plan.pieces]
     items = array_items([(p.key, a) for p, a in zip(plan.pieces, arrays, strict=True)])
     w = write_items(staging_uri, plan.filename, items)
     return {"size": w.size, "sha256": w.sha256, "offsets": {k: list(v) for k, v in w.offsets.items()}}

@@ -20,9 +20,8 @@ from modelshard.catalog.commit import commit_version, staged_manifest
 from modelshard.catalog.keys import LATEST, parse_key
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import NotFoundError, UsageError
-from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
-from modelshard.jobs.launch import job_path, run_job
+from modelshard.jobs.launch import input_files, run_job
 from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
 from modelshard.jobs.shardio import plans_from_reports
@@ -52,22 +51,6 @@ class TrainResult:
     bad_records: list[dict] = field(default_factory=list)
     metrics_path: str | None = None
     plot_path: str | None = None
-
-
-def input_files(uri: str) -> list[str]:
-    """The data files under ``uri`` (a file or a folder), checked before any job starts."""
-    fs, path = get_fs(uri)
-    if not fs.exists(path):
-        raise NotFoundError(f"input {uri} does not exist; check the path")
-    info = fs.stat(path)
-    files = [f for f in fs.walk_files(path) if not os.path.basename(f.path).startswith(("_", "."))] \
-        if info.is_dir else [info]
-    if not files:
-        raise UsageError(f"input {uri} holds no data files")
-    for f in files:
-        if f.size == 0:
-            raise UsageError(f"input file {fs.uri(f.path)} is empty: every training split needs records")
-    return [job_path(fs, f.path) for f in files]
 
 
 def init_model(catalog: Catalog, name: str, spec: ModelSpec) -> str:
