@@ -75,14 +75,17 @@ def _info(cat: Catalog, m: Manifest, aliases: Mapping[str, str]) -> VersionInfo:
 
 def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
          shard_size: int = DEFAULT_SHARD_SIZE, workers: int = DEFAULT_WORKERS,
-         aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None) -> Manifest:
+         aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None,
+         paranoid: bool = False) -> Manifest:
     """Store ``source`` as a new version of a model and return its manifest.
 
     ``source``: a dict of numpy arrays / torch tensors, a ``.safetensors`` file, a PyTorch
     state_dict file (``.pt``, ``.pth``, ``.bin``), a Hugging Face model folder or a folder of
     ``.npy`` files. ``key``: ``name`` (next version number) or ``name@version``. The version
     appears atomically, then ``latest`` and each of ``aliases`` point at it. ``attrs``: string
-    metadata kept in the manifest (a training job records its model spec and metrics there)::
+    metadata kept in the manifest (a training job records its model spec and metrics there).
+    Each stored shard is checked without reading it back (HDFS's file checksum; fsync on a
+    local disk); ``paranoid=True`` reads every shard back and checks its sha256 too::
 
         push("bert-base/", "bert", aliases=["prod"])   # -> bert@1, bert@latest, bert@prod
     """
@@ -96,13 +99,14 @@ def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
         check_alias(alias)
     tensors = open_source(source)
     return push_tensors(_catalog(catalog), k.name, k.ref, tensors, shard_size=shard_size,
-                        workers=workers, aliases=aliases, attrs=attrs)
+                        workers=workers, aliases=aliases, attrs=attrs, paranoid=paranoid)
 
 
 def pull(key: str, dest: str | os.PathLike | None = None, *,
          catalog: str | Catalog | None = None, framework: str = "numpy",
          workers: int = DEFAULT_WORKERS) -> dict[str, Any] | str:
-    """Fetch a version, checking every shard's sha256.
+    """Fetch a version, checking every shard as it is read (its CRC32C chunks; the sha256
+    for a version pushed before them).
 
     With ``dest``: write a new or empty folder of safetensors files plus
     ``model.safetensors.index.json`` (Hugging Face tools load it as is) and return its URI.
@@ -145,18 +149,20 @@ def show(key: str, *, catalog: str | Catalog | None = None) -> Report:
                   tuple(n for n, t in m.tensors.items() if t.is_split), m)
 
 
-def verify(key: str, *, catalog: str | Catalog | None = None,
-           workers: int = DEFAULT_WORKERS) -> VersionInfo:
-    """Recompute every shard's sha256 from storage and check the headers; raise
-    IntegrityError naming each damaged shard::
+def verify(key: str, *, catalog: str | Catalog | None = None, workers: int = DEFAULT_WORKERS,
+           upgrade: bool = False) -> VersionInfo:
+    """Recompute every shard's sha256 and CRC32C checksums from storage and check the
+    headers; raise IntegrityError naming each damaged shard. ``upgrade``: a version pushed
+    before the CRC32C checksums gets them (in ``checksums.json``; the manifest is never
+    changed), so that its reads check exactly the bytes they serve::
 
-        verify("bert@3")
+        verify("bert@3", upgrade=True)
     """
     cat = _catalog(catalog)
     check_workers(workers)
     name, version = cat.resolve(key)
     m = cat.manifest(name, version)
-    fetch.verify(cat, m, workers=workers)
+    fetch.verify(cat, m, workers=workers, upgrade=upgrade)
     return _info(cat, m, cat.aliases(name))
 
 

@@ -8,7 +8,6 @@ recorded access statistics), copies to another catalog, and the statistics thems
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -22,13 +21,13 @@ from typing import Any
 from modelshard.api import _catalog
 from modelshard.catalog import access
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import commit_version, shard_block_size
+from modelshard.catalog.commit import check_stored, commit_version, shard_block_size
 from modelshard.catalog.keys import LATEST, version_order
 from modelshard.catalog.manifest import Manifest, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
-from modelshard.errors import IntegrityError, StorageError, UsageError
+from modelshard.errors import StorageError, UsageError
 from modelshard.fs import FileSystem
-from modelshard.shards.format import CHUNK, sha256_of
+from modelshard.verified import read_stream
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +182,10 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
          catalog: str | os.PathLike | Catalog | None = None,
          workers: int = DEFAULT_WORKERS) -> Manifest:
     """Copy one version to the catalog ``dest`` (local or HDFS) under the same name and
-    version, byte for byte: every shard is checked against its sha256 as it leaves the source
-    and again as stored at the destination, before the store's atomic commit makes the
-    version visible there. ``latest`` at the destination moves only if this version is newer
-    than the one it points at::
+    version, byte for byte: every shard is checked against the manifest as it leaves the
+    source and again as stored at the destination (``commit.check_stored``), before the
+    store's atomic commit makes the version visible there. ``latest`` at the destination
+    moves only if this version is newer than the one it points at::
 
         copy("bert@prod", "hdfs://nn:9000/catalogs/serving")
     """
@@ -203,7 +202,8 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
     def stage(version: str, staging: str) -> Manifest:
         def one(shard: ShardRecord, progress: Progress) -> None:
             _copy_shard(src.fs, posixpath.join(svdir, shard.path), dst.fs,
-                        posixpath.join(staging, shard.path), shard, progress)
+                        posixpath.join(staging, shard.path), shard, f"{name}@{version}",
+                        progress)
 
         total = sum(s.size for s in m.shards)
         run_all(one, m.shards, workers=workers, total=total, desc=f"copy {name}@{version}")
@@ -214,24 +214,13 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
 
 
 def _copy_shard(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, shard: ShardRecord,
-                progress: Progress) -> None:
-    digest, size = hashlib.sha256(), 0
-    with src_fs.open_read(src) as f, dst_fs.open_write(
-            dst, block_size=shard_block_size(shard.size)) as out:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-            progress(len(chunk))
-    if (size, digest.hexdigest()) != (shard.size, shard.sha256):
-        raise IntegrityError(f"{src_fs.uri(src)}: read {size} bytes with sha256 "
-                             f"{digest.hexdigest()}, the manifest says {shard.size} with "
-                             f"{shard.sha256}; the source shard is damaged, nothing was copied")
-    stored = sha256_of(dst_fs, dst)
-    if stored != (shard.size, shard.sha256):
-        raise IntegrityError(f"{dst_fs.uri(dst)}: stored {stored[0]} bytes with sha256 "
-                             f"{stored[1]}, copied {shard.size} with {shard.sha256}; the "
-                             "destination damaged the shard, copy again")
+                model: str, progress: Progress) -> None:
+    with dst_fs.open_write(dst, block_size=shard_block_size(shard.size)) as out:
+        read_stream(src_fs, src, shard, model=model, sink=out.write, progress=progress)
+    if shard.checksums is None:  # a manifest from before the CRC32C checksums
+        read_stream(dst_fs, dst, shard, model=None)
+    else:
+        check_stored(dst_fs, dst, shard)
 
 
 def _is_newest(cat: Catalog, name: str, version: str) -> bool:

@@ -46,6 +46,11 @@ class CountingFileSystem(FileSystem):
                 outer._add(len(chunk))
                 return chunk
 
+            def readinto(self, buffer: Any) -> int:
+                n = f.readinto(buffer)
+                outer._add(n)
+                return n
+
             def __getattr__(self, name: str) -> Any:
                 return getattr(f, name)
 
@@ -84,6 +89,12 @@ class CountingFileSystem(FileSystem):
     def block_hosts(self, path: str, offset: int = 0, length: int | None = None
                     ) -> list[BlockLocation]:
         return self.inner.block_hosts(path, offset, length)
+
+    def stored_crc32c(self, path: str) -> int | None:
+        return self.inner.stored_crc32c(path)
+
+    def sync(self, path: str) -> bool:
+        return self.inner.sync(path)
 
     def local_path(self, path: str) -> str | None:
         return self.inner.local_path(path) if self.mappable else None

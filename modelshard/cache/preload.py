@@ -9,8 +9,9 @@ local disk and found again by their sha256::
 
 Guarantees:
 
-* an entry is visible only once its bytes match the checksum (temp file, fsync, rename);
-* every use re-hashes the entry, so bytes damaged on disk are dropped and fetched again,
+* an entry is visible only once its bytes match the manifest (temp file, fsync, rename);
+* every use checks the entry again (its CRC32C chunks, or its sha256 for a manifest without
+  them; :mod:`modelshard.verified`), so bytes damaged on disk are dropped and fetched again,
   never served;
 * the bytes on disk (entries plus fetches in flight) never exceed ``max_bytes``: room is made
   by evicting the least recently used entries (the entry's mtime is its last use);
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -29,27 +29,30 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
 from modelshard.errors import IntegrityError, StorageError, UsageError
 from modelshard.fs.base import FileSystem
+from modelshard.shards.checksums import Checksums
+from modelshard.verified import StreamCheck, read_stream
 
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TMP_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<pid>\d+)\.\d+\.part")
 _DEFAULT_CHUNK = 8 << 20
-_HASH_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    """The minimal description of one stored shard: where it is, its size and checksum.
+    """The minimal description of one stored shard: where it is, its size and checksums,
+    and the model version it belongs to (``name@version``, for error messages).
 
-    Hashable, so it also serves as a key for :class:`~modelshard.scheduler.ShardScheduler`.
+    Hashable (by path, size and sha256), so it also serves as a key for
+    :class:`~modelshard.scheduler.ShardScheduler`.
 
     >>> ShardRef(path="/models/m/v1/shard-00001.safetensors", size=3, sha256="ab" * 32).size
     3
@@ -58,6 +61,8 @@ class ShardRef:
     path: str
     size: int
     sha256: str
+    checksums: Checksums | None = field(default=None, compare=False)
+    model: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -142,29 +147,37 @@ class PreloadCache:
         self._prepare_dir()
 
     # -- public API --------------------------------------------------------------
-    def get(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> str:
-        """The local path of the verified copy of ``path``, fetching it if needed. Example::
+    def get(self, fs: FileSystem, path: str, *, sha256: str, size: int,
+            checksums: Checksums | None = None, model: str | None = None) -> str:
+        """The local path of the verified copy of ``path``, fetching it if needed; checked by
+        ``checksums`` (the manifest's CRC32C chunks) if given, else by ``sha256``; ``model``
+        (``name@version``) is named in errors. Example::
 
             local = cache.get(fs, "/models/m/v1/shard-00001.safetensors", sha256=d, size=n)
         """
-        with self.open(fs, path, sha256=sha256, size=size):
+        with self.open(fs, path, sha256=sha256, size=size, checksums=checksums, model=model):
             return self.entry_path(sha256)
 
     @contextlib.contextmanager
-    def open(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> Iterator[BinaryIO]:
-        """A verified local copy of ``path``, opened for reading at offset 0.
-
-        The open file stays readable even if another process evicts the entry meanwhile.
+    def open(self, fs: FileSystem, path: str, *, sha256: str, size: int,
+             checksums: Checksums | None = None, model: str | None = None
+             ) -> Iterator[BinaryIO]:
+        """A verified local copy of ``path``, opened for reading at offset 0 (options as for
+        :meth:`get`). The open file stays readable even if another process evicts the entry
+        meanwhile.
         """
-        f = self._open_verified(fs, path, _check_digest(sha256), size)
+        ref = ShardRef(path, size, _check_digest(sha256), checksums, model)
+        f = self._open_verified(fs, ref)
         try:
             yield f
         finally:
             f.close()
 
-    def read(self, fs: FileSystem, path: str, *, sha256: str, size: int) -> bytes:
-        """The verified bytes of ``path`` (through the cache)."""
-        with self.open(fs, path, sha256=sha256, size=size) as f:
+    def read(self, fs: FileSystem, path: str, *, sha256: str, size: int,
+             checksums: Checksums | None = None, model: str | None = None) -> bytes:
+        """The verified bytes of ``path`` (through the cache; options as for :meth:`get`)."""
+        with self.open(fs, path, sha256=sha256, size=size, checksums=checksums,
+                       model=model) as f:
             return f.read()
 
     def contains(self, sha256: str) -> bool:
@@ -197,7 +210,8 @@ class PreloadCache:
         )
 
     # -- fetching and verifying ------------------------------------------------------
-    def _open_verified(self, fs: FileSystem, path: str, digest: str, size: int) -> BinaryIO:
+    def _open_verified(self, fs: FileSystem, ref: ShardRef) -> BinaryIO:
+        path, digest, size = ref.path, ref.sha256, ref.size
         if size < 0:
             raise UsageError(f"{path}: size={size}; pass the shard size from the manifest")
         if size > self.max_bytes:
@@ -207,13 +221,13 @@ class PreloadCache:
             )
         entry = self.entry_path(digest)
         with self._entry_lock(digest):
-            f = self._open_if_intact(entry, digest, size)
+            f = self._open_if_intact(entry, ref)
             if f is not None:
                 self._count(hits=1)
                 return f
             self._count(misses=1)
-            self._fetch(fs, path, digest, size, entry)
-            f = self._open_if_intact(entry, digest, size)
+            self._fetch(fs, ref, entry)
+            f = self._open_if_intact(entry, ref)
             if f is None:
                 raise IntegrityError(
                     f"{entry}: the entry for {path} changed right after it was verified; "
@@ -221,55 +235,51 @@ class PreloadCache:
                 )
             return f
 
-    def _open_if_intact(self, entry: str, digest: str, size: int) -> BinaryIO | None:
-        """The open entry if its bytes still match ``digest``; a damaged entry is deleted."""
+    def _open_if_intact(self, entry: str, ref: ShardRef) -> BinaryIO | None:
+        """The open entry if its bytes still match ``ref``; a damaged entry is deleted."""
         try:
             f = open(entry, "rb")  # noqa: SIM115 - handed to the caller, who closes it
         except FileNotFoundError:
             return None
         try:
-            h, n = hashlib.sha256(), 0
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-                n += len(chunk)
-            if n == size and h.hexdigest() == digest:
-                f.seek(0)
-                self._touch(entry)
-                return f
+            check = StreamCheck(ref, model=ref.model, uri=entry)
+            while chunk := f.read(self.chunk_bytes):
+                check.update(chunk)
+            check.finish()
+            f.seek(0)
+            self._touch(entry)
+            return f
+        except IntegrityError:
+            pass
         except OSError as e:
             f.close()
             raise StorageError(f"{entry}: cannot read the cache entry ({e.strerror or e})") from e
         f.close()
-        log.warning("%s: cache entry damaged (checksum mismatch); fetching it again", entry)
+        log.warning("%s: cache entry of %s damaged (checksum mismatch); fetching it again",
+                    entry, ref.path)
         self._count(corrupt_dropped=1)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
         return None
 
-    def _fetch(self, fs: FileSystem, path: str, digest: str, size: int, entry: str) -> None:
-        tmp = self._reserve(digest, size)
+    def _fetch(self, fs: FileSystem, ref: ShardRef, entry: str) -> None:
+        path, size = ref.path, ref.size
+        tmp = self._reserve(ref.sha256, size)
         try:
-            h, n = hashlib.sha256(), 0
-            with open(tmp, "r+b") as out, fs.open_read(path) as src:
-                while chunk := src.read(self.chunk_bytes):
-                    n += len(chunk)
-                    if n > size:
-                        break
-                    h.update(chunk)
-                    _write_all(out.fileno(), chunk)
-                # The hash is of the bytes just written; fsync before the rename so that a
+            with open(tmp, "r+b") as out:
+                written = 0
+
+                def sink(chunk: memoryview) -> None:
+                    nonlocal written
+                    written += len(chunk)
+                    if written <= size:  # a longer file fails the check: never past the budget
+                        _write_all(out.fileno(), chunk)
+
+                read_stream(fs, path, ref, model=ref.model, sink=sink,
+                            chunk_bytes=self.chunk_bytes)
+                # Checked are the bytes just written; fsync before the rename so that a
                 # crash cannot leave a visible entry whose bytes never reached the disk.
                 os.fsync(out.fileno())
-            if n != size:
-                raise IntegrityError(
-                    f"{path}: expected {size} bytes, the storage has {'more' if n > size else n}; "
-                    "the manifest and the stored shard disagree: verify or re-upload the shard"
-                )
-            if h.hexdigest() != digest:
-                raise IntegrityError(
-                    f"{path}: bytes do not match sha256 {digest}; the stored shard is damaged: "
-                    "verify the model and re-upload this shard"
-                )
             os.makedirs(os.path.dirname(entry), exist_ok=True)
             os.rename(tmp, entry)
             self._fsync_dir(os.path.dirname(entry))

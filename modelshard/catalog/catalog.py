@@ -1,6 +1,7 @@
 """The catalog: a folder tree on any :class:`~modelshard.fs.base.FileSystem` ::
 
     <root>/models/<name>/<version>/manifest.json       a committed version (immutable)
+    <root>/models/<name>/<version>/checksums.json      CRC32C added to an older manifest
     <root>/models/<name>/<version>/shards/*.safetensors
     <root>/models/<name>/aliases/<alias>/<seq>         alias log: the highest seq wins
     <root>/models/<name>/.claims/<version>             a push in progress owns <version>
@@ -13,6 +14,9 @@ one version exactly one wins even on HDFS, where a rename onto an existing folde
 the folder inside it. Aliases cannot be replaced by a rename (renames never overwrite), so
 each move adds an entry to the alias's log with an exclusive create: readers see the old or
 the new target, never none, and concurrent moves are ordered (the last one wins).
+A manifest written before the CRC32C checksums gets them from ``checksums.json``, which
+``modelshard verify --upgrade`` adds with one exclusive create (complete or absent; bound
+to the manifest's bytes): nothing in a committed version is ever changed.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ from modelshard.catalog.keys import (
     parse_key,
     version_order,
 )
-from modelshard.catalog.manifest import MANIFEST, Manifest
+from modelshard.catalog.manifest import (
+    CHECKSUMS,
+    MANIFEST,
+    Manifest,
+    add_checksums,
+    checksums_json,
+)
 from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
 from modelshard.fs import FileInfo, get_fs
+from modelshard.shards.checksums import Checksums
 
 ENV = "MODELSHARD_CATALOG"
 _RETRIES = 50
@@ -111,7 +122,27 @@ class Catalog:
             self.require()
             raise NotFoundError(f"{name}@{version} is not in catalog {self.uri}; "
                                 f"'modelshard ls {name}' lists its versions") from None
-        return Manifest.from_json(raw, where=self.fs.uri(path))
+        manifest = Manifest.from_json(raw, where=self.fs.uri(path))
+        if manifest.has_checksums:
+            return manifest
+        extra = posixpath.join(self.version_dir(name, version), CHECKSUMS)
+        try:
+            return add_checksums(manifest, raw, self.fs.read_bytes(extra),
+                                 where=self.fs.uri(extra))
+        except NotFoundError:
+            return manifest  # not upgraded: reads fall back to the whole-shard sha256
+
+    def add_checksums(self, name: str, version: str, checksums: dict[str, Checksums]) -> bool:
+        """Add CRC32C ``checksums`` (by shard path) to a version whose manifest has none;
+        False if a concurrent upgrade added them first."""
+        folder = self.version_dir(name, version)
+        raw = self.fs.read_bytes(posixpath.join(folder, MANIFEST))
+        try:
+            self.fs.create_exclusive(posixpath.join(folder, CHECKSUMS),
+                                     checksums_json(raw, checksums))
+        except AlreadyExistsError:
+            return False
+        return True
 
     def resolve(self, key: str | Key) -> tuple[str, str]:
         """(name, version) that ``bert``, ``bert@3`` or ``bert@prod`` means now."""

@@ -1,7 +1,7 @@
 """Committing a version atomically (push, and copy between catalogs): claim the version,
-write the shards into a staging folder, re-read them from storage to check their sha256,
-write the manifest last, publish the folder with one rename, release the claim, then move
-``latest`` and the requested aliases.
+write the shards into a staging folder, check that what was stored is what was written
+(:func:`check_stored`), write the manifest last, publish the folder with one rename, release
+the claim, then move ``latest`` and the requested aliases.
 
 Until the rename nothing is visible; a push that fails cleans up after itself, and what a
 killed push leaves (staging folder, claim) is invisible and removed by ``gc``.
@@ -20,9 +20,11 @@ from modelshard.catalog.manifest import MANIFEST, Manifest, PieceRecord, ShardRe
 from modelshard.catalog.sources import SourceTensor
 from modelshard.catalog.transfer import Progress, run_all
 from modelshard.errors import IntegrityError, ModelShardError, UsageError
+from modelshard.fs.base import FileSystem
 from modelshard.shards import planner
-from modelshard.shards.format import ShardItem, Written, encode_header, sha256_of, write_shard
+from modelshard.shards.format import ShardItem, Written, encode_header, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
+from modelshard.verified import Stored, read_stream
 
 # HDFS block sizes must be multiples of the checksum chunk and at least
 # dfs.namenode.fs-limits.min-block-size (1 MiB by default).
@@ -31,9 +33,11 @@ BLOCK_UNIT = 1024 * 1024
 
 def push_tensors(catalog: Catalog, name: str, version: str | None,
                  tensors: Sequence[SourceTensor], *, shard_size: int, workers: int,
-                 aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None) -> Manifest:
+                 aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None,
+                 paranoid: bool = False) -> Manifest:
     """Commit ``tensors`` as ``name@version`` (None: the next number), point ``latest`` and
-    ``aliases`` (already checked) at it, and return its manifest."""
+    ``aliases`` (already checked) at it, and return its manifest; ``paranoid``: see
+    :func:`check_stored`."""
     if not tensors:
         raise UsageError(f"push of {name}: the source holds no tensors")
     plans = planner.plan(tensors, shard_size)
@@ -52,7 +56,8 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
         total = sum(p.nbytes for p in plans)
         written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
         return staged_manifest(catalog, name, version, staging, plans, written,
-                               shard_size=shard_size, workers=workers, attrs=attrs)
+                               shard_size=shard_size, workers=workers, attrs=attrs,
+                               paranoid=paranoid)
 
     return commit_version(catalog, name, version, stage, aliases=(LATEST, *aliases))
 
@@ -64,11 +69,18 @@ def shard_path(staging: str, filename: str) -> str:
 
 def staged_manifest(catalog: Catalog, name: str, version: str, staging: str,
                     plans: Sequence[ShardPlan], written: Sequence[Written], *, shard_size: int,
-                    workers: int, attrs: Mapping[str, str] | None = None) -> Manifest:
-    """Check the shards written into ``staging`` (by this process or by job tasks) from
-    storage and return the manifest of the version they make; for ``commit_version``'s
-    ``stage`` callback."""
-    _check_stored(catalog, staging, plans, written, workers=workers)
+                    workers: int, attrs: Mapping[str, str] | None = None,
+                    paranoid: bool = False) -> Manifest:
+    """Check the shards written into ``staging`` (by this process or by job tasks) in storage
+    (:func:`check_stored`) and return the manifest of the version they make; for
+    ``commit_version``'s ``stage`` callback."""
+    def check(pair: tuple[ShardPlan, Written], progress: Progress) -> None:
+        plan, w = pair
+        check_stored(catalog.fs, shard_path(staging, plan.filename), w, paranoid=paranoid)
+        progress(w.size)
+
+    run_all(check, list(zip(plans, written, strict=True)), workers=workers,
+            total=sum(w.size for w in written), desc="verify")
     return _manifest(name, version, shard_size, plans, written, dict(attrs or {}))
 
 
@@ -117,20 +129,39 @@ def _reader(tensor: SourceTensor, piece: Piece) -> Callable[[int, int], bytes | 
     return lambda offset, n: tensor.read(piece.offset + offset, n)
 
 
-def _check_stored(catalog: Catalog, staging: str, plans: Sequence[ShardPlan],
-                  written: Sequence[Written], *, workers: int) -> None:
-    """Read every shard back from storage: what was hashed while writing must have landed."""
-    def check(pair: tuple[ShardPlan, Written], progress: Progress) -> None:
-        plan, w = pair
-        path = shard_path(staging, plan.filename)
-        size, sha = sha256_of(catalog.fs, path, progress)
-        if (size, sha) != (w.size, w.sha256):
-            raise IntegrityError(f"{catalog.fs.uri(path)}: read back {size} bytes with sha256 "
-                                 f"{sha}, wrote {w.size} bytes with {w.sha256}; the storage "
-                                 "damaged the shard, push again")
+def check_stored(fs: FileSystem, path: str, written: Stored, *, paranoid: bool = False
+                 ) -> None:
+    """Check that the shard at ``path`` holds what was written (``written``: its size and
+    checksums, computed while writing, or its manifest record), without reading it back where the storage can say:
 
-    run_all(check, list(zip(plans, written, strict=True)), workers=workers,
-            total=sum(w.size for w in written), desc="verify")
+    * HDFS: its ``COMPOSITE_CRC`` file checksum, which the DataNodes compute from the CRC32C
+      they keep of every 512-byte chunk, equals the CRC32C of the whole file: one call;
+    * a local disk: the file is flushed to disk (fsync); reading it back now would only read
+      the page cache that the write just filled, so it proves nothing more;
+    * any other storage: read back and checked by its CRC32C chunks.
+
+    ``paranoid``: read back and check the sha256 and every chunk anyway. IntegrityError if
+    the storage holds something else: the commit is abandoned.
+
+    >>> check_stored(fs, "/cat/models/m/.staging/1-ab/shards/x.safetensors", w)  # doctest: +SKIP
+    """
+    uri = fs.uri(path)
+    what = f"{uri}: the storage holds other bytes than were written"
+    if not paranoid:
+        stored = fs.stored_crc32c(path)
+        if stored is not None:
+            size = fs.stat(path).size
+            if (size, stored) != (written.size, written.checksums.crc32c):
+                raise IntegrityError(f"{what} ({size} bytes with CRC32C {stored:08x}, wrote "
+                                     f"{written.size} with {written.checksums.crc32c:08x}); "
+                                     "nothing was committed: push again")
+            return
+        if fs.sync(path):
+            return
+    try:
+        read_stream(fs, path, written, model=None, full=paranoid)
+    except IntegrityError as e:
+        raise IntegrityError(f"{what} ({e}); nothing was committed: push again") from e
 
 
 def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPlan],
@@ -138,7 +169,7 @@ def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPla
     shards, pieces = [], {}
     for plan, w in zip(plans, written, strict=True):
         path = f"shards/{plan.filename}"
-        shards.append(ShardRecord(path, w.size, w.sha256))
+        shards.append(ShardRecord(path, w.size, w.sha256, w.checksums))
         for p in plan.pieces:
             pieces.setdefault(p.name, []).append(
                 (p, PieceRecord(path, p.key, *w.offsets[p.key], p.rows)))

@@ -1,10 +1,11 @@
 """Reading a committed version back: into memory, into a folder that Hugging Face tools load
-as it is, or only to check it. Every shard is hashed as it is read; a shard whose bytes do
-not match the manifest raises IntegrityError and nothing damaged is handed out."""
+as it is, or only to check it. Every shard is checked as it is read
+(:func:`modelshard.verified.read_stream`: its CRC32C chunks, or its sha256 for a manifest
+without them; ``verify`` checks both); a shard whose bytes do not match the manifest raises
+IntegrityError and nothing damaged is handed out."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import uuid
@@ -24,53 +25,11 @@ from modelshard.errors import (
     UsageError,
 )
 from modelshard.fs import FileSystem, get_fs
-from modelshard.shards.format import CHUNK, ShardItem, read_header, sha256_of, write_shard
+from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
+from modelshard.shards.format import ShardItem, read_header, write_shard
+from modelshard.verified import read_stream
 
 FRAMEWORKS = ("numpy", "torch")
-
-
-def _mismatch(uri: str, shard: ShardRecord, size: int, sha: str) -> IntegrityError:
-    return IntegrityError(f"{uri}: {size} bytes with sha256 {sha} where the manifest says "
-                          f"{shard.size} bytes with {shard.sha256}; the shard is damaged or "
-                          "truncated: restore it or push the model again")
-
-
-def _read_checked(fs: FileSystem, path: str, shard: ShardRecord, progress: Progress, *,
-                  into: Sequence[tuple[int, memoryview]] = (),
-                  sink: Callable[[memoryview], object] | None = None) -> None:
-    """Read the shard once, front to back, hashing as it goes: the bytes at each ``(offset,
-    view)`` of ``into`` go straight into ``view`` (no copy in between), the rest through a
-    scratch buffer; every byte also goes to ``sink``. Raise if the file is not the
-    manifest's (the views then hold damaged bytes: do not hand them out)."""
-    digest, scratch = hashlib.sha256(), memoryview(bytearray(CHUNK))
-    segments, pos = [], 0
-    for offset, view in sorted(into, key=lambda ov: ov[0]):
-        segments += _scratch_pieces(scratch, offset - pos) + [view]
-        pos = offset + len(view)
-    segments += _scratch_pieces(scratch, shard.size - pos)
-    size = 0
-    with fs.open_read(path) as f:
-        for segment in segments:
-            for start in range(0, len(segment), CHUNK):
-                part = segment[start:start + CHUNK]
-                n = f.readinto(part)
-                digest.update(part[:n])
-                if sink:
-                    sink(part[:n])
-                size += n
-                progress(n)
-                if n < len(part):  # shorter than the manifest says
-                    raise _mismatch(fs.uri(path), shard, size, digest.hexdigest())
-        while n := f.readinto(scratch):  # longer than the manifest says
-            digest.update(scratch[:n])
-            size += n
-    if (size, digest.hexdigest()) != (shard.size, shard.sha256):
-        raise _mismatch(fs.uri(path), shard, size, digest.hexdigest())
-
-
-def _scratch_pieces(scratch: memoryview, n: int) -> list[memoryview]:
-    """Views of ``scratch`` covering ``n`` bytes that go nowhere in particular."""
-    return [scratch[:min(len(scratch), n - i)] for i in range(0, n, len(scratch))]
 
 
 # -- into memory ---------------------------------------------------------------------------
@@ -92,8 +51,8 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
             pos += p.end - p.begin
 
     def read(shard: ShardRecord, progress: Progress) -> None:
-        _read_checked(catalog.fs, posixpath.join(vdir, shard.path), shard, progress,
-                      into=into[shard.path])
+        read_stream(catalog.fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
+                    into=into[shard.path], progress=progress)
 
     run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
             desc=f"pull {manifest.name}@{manifest.version}")
@@ -103,6 +62,10 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
 
 def _size(shards: Sequence[ShardRecord]) -> int:
     return sum(s.size for s in shards)
+
+
+def _key(manifest: Manifest) -> str:
+    return f"{manifest.name}@{manifest.version}"
 
 
 def _as_numpy(raw: np.ndarray, t: TensorRecord) -> np.ndarray:
@@ -163,8 +126,8 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
 
     def copy(shard: ShardRecord, progress: Progress) -> None:
         with fs.open_write(copies[shard.path]) as out:
-            _read_checked(src_fs, posixpath.join(vdir, shard.path), shard, progress,
-                          sink=out.write)
+            read_stream(src_fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
+                        sink=out.write, progress=progress)
 
     desc = f"pull {manifest.name}@{manifest.version}"
     run_all(copy, manifest.shards, workers=workers, total=_size(manifest.shards), desc=desc)
@@ -201,30 +164,41 @@ def _piece_reader(fs: FileSystem, copies: dict[str, str], t: TensorRecord
 
 
 # -- checking ------------------------------------------------------------------------------
-def verify(catalog: Catalog, manifest: Manifest, *, workers: int) -> None:
-    """Recompute every shard's sha256 from storage and check its header against the manifest;
-    IntegrityError lists every damaged shard."""
+def verify(catalog: Catalog, manifest: Manifest, *, workers: int, upgrade: bool = False) -> bool:
+    """Recompute every shard's sha256 and CRC32C checksums from storage and check its header
+    against the manifest; IntegrityError lists every damaged shard. ``upgrade``: for a
+    manifest without CRC32C checksums, compute them in the same pass, once every shard
+    proved right by its sha256, and add them to the version
+    (:meth:`~modelshard.catalog.catalog.Catalog.add_checksums`); True if they were added."""
     vdir = catalog.version_dir(manifest.name, manifest.version)
     expected = manifest.shard_entries()
+    adding = upgrade and not manifest.has_checksums
+    found_checksums: dict[str, Checksums] = {}
 
     def check(shard: ShardRecord, progress: Progress) -> str | None:
         path = posixpath.join(vdir, shard.path)
         uri = catalog.fs.uri(path)
         try:
-            size, sha = sha256_of(catalog.fs, path, progress)
-            if (size, sha) != (shard.size, shard.sha256):
-                return str(_mismatch(uri, shard, size, sha))
             header = read_header(catalog.fs, path)
-        except (NotFoundError, FormatError) as e:
+            ends = chunk_ends(data_start=header.data_start, size=shard.size,
+                              spans=[(e.begin, e.end) for e in header.entries.values()])
+            crcs = ChunkWriter(ends) if adding else None
+            read_stream(catalog.fs, path, shard, model=None, progress=progress, full=True,
+                        sink=crcs.update if crcs else None)
+        except (NotFoundError, FormatError, IntegrityError) as e:
             return str(e)
         found = {k: (e.dtype.name, e.begin, e.end) for k, e in header.entries.items()}
         if found != expected.get(shard.path, {}):
             return f"{uri}: the header does not list the tensors the manifest places there"
+        if crcs:
+            found_checksums[shard.path] = crcs.finish()
         return None
 
     problems = [p for p in run_all(check, manifest.shards, workers=workers,
                                    total=_size(manifest.shards), desc="verify") if p]
     if problems:
         raise IntegrityError(f"{manifest.name}@{manifest.version}: {len(problems)} of "
-                             f"{len(manifest.shards)} shards damaged: " + "; ".join(problems))
-
+                             f"{len(manifest.shards)} shards damaged: " + "; ".join(problems)
+                             + "; restore them by pushing the model again or copying the "
+                             "version from another catalog ('modelshard copy')")
+    return adding and catalog.add_checksums(manifest.name, manifest.version, found_checksums)

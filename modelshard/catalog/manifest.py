@@ -1,6 +1,7 @@
 """The manifest: everything about one committed version, in ``manifest.json``.
 
-It lists the shards (path, size, sha256) and, per tensor, dtype, shape and the pieces that
+It lists the shards (path, size, sha256, and the CRC32C of the file and of each chunk that
+reads check, see :mod:`modelshard.shards.checksums`) and, per tensor, dtype, shape and the pieces that
 hold it: the shard, the entry key, the absolute byte range in the shard file (so one range
 read fetches exactly that tensor) and, for a tensor split by rows, the row range. It also
 carries Hugging Face's ``model.safetensors.index.json`` (``metadata.total_size`` and
@@ -9,29 +10,41 @@ carries Hugging Face's ``model.safetensors.index.json`` (``metadata.total_size``
     {"schema_version": 1, "name": "bert", "version": "3", "created": "2025-01-01T00:00:00Z",
      "shard_size": 134217728, "total_size": 48,
      "shards": [{"path": "shards/model-00001-of-00002.safetensors", "size": 152,
-                 "sha256": "9f86..."}, ...],
+                 "sha256": "9f86...", "crc32c": "1a2b3c4d", "chunk_ends": [128, 152],
+                 "chunk_crc32c": [3735928559, 12345]}, ...],
      "tensors": {"emb": {"dtype": "F32", "shape": [4, 3], "pieces": [
          {"shard": "shards/model-00001-of-00002.safetensors", "key": "emb[0:2]",
           "begin": 128, "end": 152, "rows": [0, 2]}, ...]}},
      "metadata": {"total_size": 48},
-     "weight_map": {"emb": "model-00001-of-00001.safetensors"}}
+     "weight_map": {"emb": "model-00001-of-00001.safetensors"}, "attrs": {},
+     "sealed_crc32c": "0badc0de"}
+
+The last key is the CRC32C of the document before it (:func:`~modelshard.shards.checksums.seal`),
+so a changed byte anywhere in the manifest is found when it is read. Manifests written
+before the CRC32C checksums have neither: they still load, and their shards are checked by
+their sha256 instead (``modelshard verify --upgrade`` adds the checksums,
+:func:`Manifest.with_checksums`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from crc32c import crc32c
 
 from modelshard.catalog.keys import check_name, check_version
 from modelshard.errors import FormatError, ModelShardError
 from modelshard.shards import dtypes
+from modelshard.shards.checksums import Checksums, check_seal, seal
 from modelshard.shards.dtypes import DType
 from modelshard.shards.format import check_tensor_name, nbytes_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+CHECKSUMS = "checksums.json"  # added beside an older manifest by 'modelshard verify --upgrade'
 INDEX = "model.safetensors.index.json"
 _SHARD_PATH = re.compile(r"shards/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
@@ -43,6 +56,7 @@ class ShardRecord:
     path: str  # relative to the version folder
     size: int
     sha256: str
+    checksums: Checksums | None = None  # None: a manifest from before CRC32C checksums
 
 
 @dataclass(frozen=True)
@@ -98,12 +112,23 @@ class Manifest:
         """The content of ``model.safetensors.index.json`` for the pulled folder."""
         return {"metadata": {"total_size": self.total_size}, "weight_map": dict(self.weight_map)}
 
+    @property
+    def has_checksums(self) -> bool:
+        """Whether every shard has its CRC32C checksums (else reads fall back to sha256)."""
+        return all(s.checksums is not None for s in self.shards)
+
+    def with_checksums(self, checksums: dict[str, Checksums]) -> Manifest:
+        """This manifest with ``checksums`` (by shard path) added to its shards."""
+        return replace(self, shards=tuple(replace(s, checksums=checksums[s.path])
+                                          for s in self.shards))
+
     def to_json(self) -> bytes:
         doc = {
             "schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version,
             "created": self.created, "shard_size": self.shard_size,
             "total_size": self.total_size,
-            "shards": [{"path": s.path, "size": s.size, "sha256": s.sha256} for s in self.shards],
+            "shards": [{"path": s.path, "size": s.size, "sha256": s.sha256,
+                        **(s.checksums.to_json() if s.checksums else {})} for s in self.shards],
             "tensors": {name: {"dtype": t.dtype.name, "shape": list(t.shape), "pieces": [
                 {"shard": p.shard, "key": p.key, "begin": p.begin, "end": p.end,
                  "rows": list(p.rows) if p.rows else None} for p in t.pieces]}
@@ -111,7 +136,7 @@ class Manifest:
             **self.hf_index(),
             "attrs": self.attrs,
         }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return seal(doc)
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> Manifest:
@@ -126,6 +151,8 @@ class Manifest:
         if schema != SCHEMA_VERSION:
             raise FormatError(f"{where}: manifest schema_version {schema!r} is unknown; this "
                               f"modelshard reads version {SCHEMA_VERSION}: upgrade modelshard")
+        # A manifest with CRC32C checksums is sealed; one from before them cannot be checked.
+        check_seal(raw, where=where, required=b"crc32c" in raw)
         try:
             return _parse(doc)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -133,6 +160,30 @@ class Manifest:
                               "the file is damaged") from e
         except ModelShardError as e:
             raise FormatError(f"{where}: {e}") from e
+
+
+def checksums_json(manifest_raw: bytes, checksums: dict[str, Checksums]) -> bytes:
+    """The ``checksums.json`` that adds ``checksums`` (by shard path) to the manifest whose
+    bytes are ``manifest_raw``; bound to exactly those bytes by their CRC32C."""
+    return seal({"manifest_crc32c": f"{crc32c(manifest_raw):08x}",
+                 "shards": {path: c.to_json() for path, c in checksums.items()}})
+
+
+def add_checksums(manifest: Manifest, manifest_raw: bytes, raw: bytes, *, where: str
+                  ) -> Manifest:
+    """``manifest`` (parsed from ``manifest_raw``) with the checksums of ``checksums.json``
+    (``raw``); FormatError if that file is damaged or belongs to another manifest."""
+    check_seal(raw, where=where, required=True)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        if doc["manifest_crc32c"] != f"{crc32c(manifest_raw):08x}":
+            raise ValueError("it belongs to another manifest")
+        sizes = {s.path: s.size for s in manifest.shards}
+        return manifest.with_checksums({path: Checksums.from_json(doc["shards"][path], size=size)
+                                        for path, size in sizes.items()})
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise FormatError(f"{where}: malformed checksums ({type(e).__name__}: {e}); remove it "
+                          "and run 'modelshard verify --upgrade' again") from e
 
 
 def _count(x: Any) -> int:
@@ -149,7 +200,9 @@ def _match(pattern: re.Pattern, x: Any, what: str) -> str:
 
 def _parse(doc: dict) -> Manifest:
     shards = tuple(ShardRecord(_match(_SHARD_PATH, s["path"], "shard path"), _count(s["size"]),
-                               _match(_SHA256, s["sha256"], "sha256")) for s in doc["shards"])
+                               _match(_SHA256, s["sha256"], "sha256"),
+                               Checksums.from_json(s, size=s["size"]) if "crc32c" in s else None)
+                   for s in doc["shards"])
     sizes = {s.path: s.size for s in shards}
     tensors = {}
     for name, t in doc["tensors"].items():

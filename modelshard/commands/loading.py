@@ -42,8 +42,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="hold whole shards in memory under this limit, e.g. 2G")
     p.add_argument("--policy", choices=("gdsf", "lru"), default="gdsf",
                    help="eviction policy under --budget (default gdsf)")
-    p.add_argument("--verify", action="store_true",
-                   help="hash every shard read by range fully before using it")
     p.add_argument("--stats", action="store_true", help="print the session's statistics")
     workers(p)
 
@@ -69,7 +67,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def _load(args: argparse.Namespace) -> Output:
     with loading.open(args.key, catalog=args.catalog, cache_dir=args.cache_dir,
                       cache_max_bytes=args.max_bytes, budget_bytes=args.budget,
-                      policy=args.policy, verify=args.verify, workers=args.workers) as h:
+                      policy=args.policy, workers=args.workers) as h:
         sd = h.load_state_dict(args.tensors)
         s = h.stats()
     data = {"key": h.key, "tensors": len(sd), "bytes": s.bytes_served}
@@ -79,7 +77,7 @@ def _load(args: argparse.Namespace) -> Output:
         lines += [f"  shards by source: {s.sources}; local {s.local_shards}, remote "
                   f"{s.remote_shards}",
                   f"  read by range: {human_bytes(s.range_bytes)} in {s.range_reads} reads; "
-                  f"hashed for --verify: {human_bytes(s.verified_bytes)}"]
+                  f"checked: {human_bytes(s.verified_bytes)}"]
         if s.cache:
             c = s.cache
             lines.append(f"  cache: {c.hits} hits, {c.misses} misses, fetched "

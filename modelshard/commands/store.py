@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="target shard size, e.g. 64M (default 128M, one HDFS block)")
     p.add_argument("--alias", action="append", default=[], dest="aliases",
                    help="also point this alias at the new version (repeatable)")
+    p.add_argument("--paranoid", action="store_true",
+                   help="read every shard back and check its sha256 (default: the storage's "
+                        "own checksum, no read-back)")
     workers(p)
 
     p = command("pull", _pull, "write a version to a folder that Hugging Face tools load")
@@ -43,8 +46,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("key")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
 
-    p = command("verify", _verify, "recompute every shard's checksum from storage")
+    p = command("verify", _verify, "recompute every shard's checksums from storage")
     p.add_argument("key")
+    p.add_argument("--upgrade", action="store_true",
+                   help="add CRC32C checksums to a version pushed before them")
     workers(p)
 
     p = command("rm", _rm, "remove a version (name@version) or a whole model (name)")
@@ -65,7 +70,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def _push(args: argparse.Namespace) -> Output:
     m = api.push(args.source, args.key, catalog=args.catalog, shard_size=args.shard_size,
-                 workers=args.workers, aliases=args.aliases)
+                 workers=args.workers, aliases=args.aliases, paranoid=args.paranoid)
     data = {"name": m.name, "version": m.version, "tensors": len(m.tensors),
             "shards": len(m.shards), "total_size": m.total_size}
     return Output(data, f"pushed {m.name}@{m.version}: {len(m.tensors)} tensors, "
@@ -105,9 +110,9 @@ def _show(args: argparse.Namespace) -> Output:
 
 
 def _verify(args: argparse.Namespace) -> Output:
-    i = api.verify(args.key, catalog=args.catalog, workers=args.workers)
-    return Output({**i.to_dict(), "ok": True},
-                  f"{i.name}@{i.version}: {i.shards} shards ok")
+    i = api.verify(args.key, catalog=args.catalog, workers=args.workers, upgrade=args.upgrade)
+    done = "; CRC32C checksums in place" if args.upgrade else ""
+    return Output({**i.to_dict(), "ok": True}, f"{i.name}@{i.version}: {i.shards} shards ok{done}")
 
 
 def _rm(args: argparse.Namespace) -> Output:

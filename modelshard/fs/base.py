@@ -136,6 +136,18 @@ class FileSystem(abc.ABC):
     ) -> list[BlockLocation]:
         """The blocks covering ``[offset, offset + length)`` and the hosts holding each."""
 
+    # -- checking a write without reading it back ------------------------------
+    def stored_crc32c(self, path: str) -> int | None:
+        """The CRC32C of the whole stored file as the storage computes it from what it
+        keeps, without sending the file's bytes; None where the storage cannot."""
+        return None
+
+    def sync(self, path: str) -> bool:
+        """Flush the written file to disk; True if that leaves the bytes just written on
+        this machine's disk (nothing to gain by reading them back), False where the storage
+        keeps its own copies and checksums."""
+        return False
+
     def local_path(self, path: str) -> str | None:
         """A path on this machine's disk where the bytes can be memory-mapped, or None."""
         return None

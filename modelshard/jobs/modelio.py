@@ -28,15 +28,16 @@ def load_model(catalog_uri: str, key: str, *, cache_dir: str | None = None, budg
                counter: Callable[[str, int], object] | None = None) -> nn.Module:
     """The torch module of ``key``, built from its spec, its weights read through the lazy
     handle: via the node's preload cache when ``cache_dir`` is given (shards verified into
-    it once, then memory-mapped by every task on the node), else by range with every shard
-    hashed as it is read; ``budget_bytes`` bounds the shards held at once (the scheduler).
+    it once, then memory-mapped by every task on the node), else by range, every chunk
+    checked in the very bytes that are served (one read); ``budget_bytes`` bounds the shards
+    held at once (the scheduler).
     ``counter(name, n)`` receives the handle's statistics, for Hadoop counters."""
     catalog = Catalog(catalog_uri)
     model = build(model_spec(catalog, key))
     if progress:
         progress(f"fetching weights of {key}")
     with open_model(key, catalog=catalog, cache_dir=cache_dir or None, fill_cache=bool(cache_dir),
-                    budget_bytes=budget_bytes, verify=True, record_stats=record_stats) as handle:
+                    budget_bytes=budget_bytes, record_stats=record_stats) as handle:
         state = handle.load_state_dict(framework="torch")
         stats = handle.stats()
     if counter:

@@ -1,6 +1,6 @@
 """Resharding logic: the plan of the new shards, and the task side that writes one planned
-shard from the source version (read by rows through a lazy handle that verifies every
-source shard by sha256 on first use). The driver is :mod:`modelshard.jobs.resharding`.
+shard from the source version (read by rows through a lazy handle that checks every
+chunk it serves). The driver is :mod:`modelshard.jobs.resharding`.
 """
 
 from __future__ import annotations
@@ -65,13 +65,14 @@ def _plan_from_json(doc: dict) -> ShardPlan:
 def write_planned_shard(source: ModelHandle, staging_uri: str, plan_doc: dict) -> dict:
     """Task side: build one planned shard from the ``source`` handle (opened once per task,
     so a source shard is verified once however many new shards draw on it) and write it
-    into the staged version; returns ``{"size", "sha256", "offsets"}``."""
+    into the staged version; returns ``{"size", "sha256", "checksums", "offsets"}``."""
     plan = _plan_from_json(plan_doc)
     arrays = [(source.get(p.name) if p.rows is None else source.get_rows(p.name, *p.rows))
               .astype(p.dtype.numpy, copy=False) for p in plan.pieces]
     items = array_items([(p.key, a) for p, a in zip(plan.pieces, arrays, strict=True)])
     w = write_items(staging_uri, plan.filename, items)
-    return {"size": w.size, "sha256": w.sha256, "offsets": {k: list(v) for k, v in w.offsets.items()}}
+    return {"size": w.size, "sha256": w.sha256, "checksums": w.checksums.to_json(),
+            "offsets": {k: list(v) for k, v in w.offsets.items()}}
 
 
 def task_inputs(plans: Sequence[ShardPlan], fs: FileSystem, folder: str, *, tasks: int) -> list[str]:

@@ -18,6 +18,7 @@ from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.launch import run_job
 from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_inputs
+from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import Written
 from mr_tasks.mr_reshard import MRReshard
 
@@ -66,8 +67,12 @@ def reshard(
         missing = [p.filename for p in plans if p.filename not in reports]
         if missing:
             raise FormatError(f"reshard of {name}@{version}: no task reported {missing[:3]}; the job lost shards")
-        written = [Written(r["size"], r["sha256"], {k: tuple(v) for k, v in r["offsets"].items()})
-                   for r in (reports[p.filename] for p in plans)]
+        try:
+            written = [Written(r["size"], r["sha256"], {k: tuple(v) for k, v in r["offsets"].items()},
+                               Checksums.from_json(r["checksums"], size=r["size"]))
+                       for r in (reports[p.filename] for p in plans)]
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"reshard of {name}@{version}: a task's shard report is malformed ({e})") from e
         attrs = {**source.attrs, "reshard.parent": version}
         if dtype:
             attrs["reshard.dtype"] = dtype

@@ -19,6 +19,7 @@ from modelshard.catalog.commit import shard_block_size, shard_path
 from modelshard.errors import FormatError
 from modelshard.fs import get_fs
 from modelshard.shards import dtypes
+from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import ShardItem, Written, encode_header, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
 
@@ -49,7 +50,7 @@ def write_shard_file(staging_uri: str, prefix: str, tensors: Mapping[str, np.nda
     filename = f"{prefix}-{attempt}.safetensors"
     items = array_items(sorted(tensors.items()))
     w = write_items(staging_uri, filename, items)
-    return {"file": filename, "size": w.size, "sha256": w.sha256,
+    return {"file": filename, "size": w.size, "sha256": w.sha256, "checksums": w.checksums.to_json(),
             "tensors": {i.key: [i.dtype.name, list(i.shape), *w.offsets[i.key]] for i in items}}
 
 
@@ -62,7 +63,8 @@ def plans_from_reports(reports: Sequence[dict]) -> tuple[list[ShardPlan], list[W
                            for name, (d, shape, _, _) in sorted(r["tensors"].items()))
             plans.append(ShardPlan(r["file"], pieces))
             written.append(Written(r["size"], r["sha256"],
-                                   {name: (b, e) for name, (_, _, b, e) in r["tensors"].items()}))
+                                   {name: (b, e) for name, (_, _, b, e) in r["tensors"].items()},
+                                   Checksums.from_json(r["checksums"], size=r["size"])))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"shard report {str(r)[:200]!r} is malformed: {e}") from e
     return plans, written

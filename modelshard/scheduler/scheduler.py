@@ -7,7 +7,6 @@ a reader that finds the budget full of shards in use (or pinned) waits until one
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from modelshard.errors import IntegrityError, NotFoundError, UsageError
 from modelshard.fs.base import FileSystem
 from modelshard.fs.locality import replica_is_local
 from modelshard.scheduler.policies import EvictionPolicy, make_policy
+from modelshard.verified import read_stream
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,8 @@ class ShardScheduler(Generic[K]):
 
 
 def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = None) -> Fetched:
-    """The verified bytes of one shard, through the preload cache if given.
+    """The checked bytes of one shard (:mod:`modelshard.verified`), through the preload cache
+    if given, read once straight into the buffer that is returned.
 
     ``local`` says whether the bytes came from this node: a cache hit, a local filesystem,
     or an HDFS file whose blocks all have a replica here::
@@ -498,11 +499,8 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
     """
     if cache is not None:
         local = cache.contains(ref.sha256)
-        return Fetched(cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size), local=local)
-    data = fs.read_bytes(ref.path)
-    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256.lower():
-        raise IntegrityError(
-            f"{ref.path}: bytes do not match the manifest (size {ref.size}, sha256 "
-            f"{ref.sha256}); the stored shard is damaged: verify and re-upload it"
-        )
-    return Fetched(data, local=replica_is_local(fs, ref.path))
+        return Fetched(cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size,
+                                  checksums=ref.checksums, model=ref.model), local=local)
+    data = bytearray(ref.size)
+    read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
+    return Fetched(memoryview(data).toreadonly(), local=replica_is_local(fs, ref.path))

@@ -19,6 +19,7 @@ from typing import BinaryIO
 from modelshard.errors import FormatError, IntegrityError
 from modelshard.fs.base import FileSystem
 from modelshard.shards import dtypes
+from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
 from modelshard.shards.dtypes import DType
 
 # The safetensors library refuses larger headers; a bigger length means a damaged file.
@@ -171,6 +172,7 @@ class Written:
     size: int
     sha256: str
     offsets: dict[str, tuple[int, int]]  # key -> absolute (begin, end)
+    checksums: Checksums
 
 
 def encode_header(items: Sequence[ShardItem]) -> tuple[bytes, dict[str, tuple[int, int]]]:
@@ -193,17 +195,22 @@ def encode_header(items: Sequence[ShardItem]) -> tuple[bytes, dict[str, tuple[in
 def write_shard(out: BinaryIO, items: Sequence[ShardItem],
                 progress: Callable[[int], object] | None = None) -> Written:
     """Stream ``items`` into ``out`` as one safetensors file, hashing while writing: memory
-    use is one chunk, whatever the shard size. ``progress(n)`` is told of every n bytes."""
+    use is one chunk, whatever the shard size. Both the sha256 and the CRC32C checksums
+    (:mod:`modelshard.shards.checksums`) come from this one pass. ``progress(n)`` is told
+    of every n bytes."""
     header, offsets = encode_header(items)
-    digest = hashlib.sha256()
+    ends = chunk_ends(data_start=len(header), spans=offsets.values(),
+                      size=len(header) + sum(i.nbytes for i in items))
+    digest, crcs = hashlib.sha256(), ChunkWriter(ends)
     size = 0
     for chunk in _chunks(header, items):
         out.write(chunk)
         digest.update(chunk)
+        crcs.update(chunk)
         size += len(chunk)
         if progress:
             progress(len(chunk))
-    return Written(size, digest.hexdigest(), offsets)
+    return Written(size, digest.hexdigest(), offsets, crcs.finish())
 
 
 def _chunks(header: bytes, items: Iterable[ShardItem]) -> Iterable[bytes | memoryview]:
@@ -217,15 +224,3 @@ def _chunks(header: bytes, items: Iterable[ShardItem]) -> Iterable[bytes | memor
                                      f"at offset {pos}, expected {want}; the source is truncated")
             yield chunk
 
-
-def sha256_of(fs: FileSystem, path: str, progress: Callable[[int], object] | None = None
-              ) -> tuple[int, str]:
-    """Size and sha256 of a stored file, read back in chunks."""
-    digest, size = hashlib.sha256(), 0
-    with fs.open_read(path) as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if progress:
-                progress(len(chunk))
-    return size, digest.hexdigest()

@@ -56,6 +56,12 @@ class CountingFs(LocalFileSystem):
                     outer.reads.append(len(chunk))
                 return chunk
 
+            def readinto(self, buffer):
+                n = f.readinto(buffer)
+                if n:
+                    outer.reads.append(n)
+                return n
+
             def __enter__(self):
                 return self
 
@@ -101,11 +107,11 @@ def test_fetch_once_in_chunks_then_hit(tmp_path, remote):
 def test_remote_bytes_not_matching_checksum_are_never_cached(tmp_path, remote):
     (ref,) = make_shards(remote, [5000])
     cache = PreloadCache(tmp_path / "cache", max_bytes=1 << 20)
-    with pytest.raises(IntegrityError, match="do not match sha256.*re-upload"):
+    with pytest.raises(IntegrityError, match="sha256 .* where the manifest says .*push the model"):
         cache.get(LocalFileSystem(), ref.path, sha256="ab" * 32, size=ref.size)
-    with pytest.raises(IntegrityError, match="expected 4000 bytes"):
+    with pytest.raises(IntegrityError, match="5000 bytes where the manifest says 4000"):
         cache.get(LocalFileSystem(), ref.path, sha256=ref.sha256, size=4000)
-    with pytest.raises(IntegrityError, match="expected 6000 bytes, the storage has 5000"):
+    with pytest.raises(IntegrityError, match="5000 bytes where the manifest says 6000"):
         cache.get(LocalFileSystem(), ref.path, sha256=ref.sha256, size=6000)
     assert cache.stats().entries == 0 and cache.stats().bytes_used == 0
 

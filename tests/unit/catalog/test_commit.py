@@ -6,11 +6,13 @@ import threading
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 
 import modelshard
 from modelshard.catalog import commit
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import AlreadyExistsError, IntegrityError, StorageError
+from modelshard.fs import LocalFileSystem
 from tests.store_data import tree
 
 STATE = {"w": np.arange(3000, dtype=np.float32).reshape(30, 100), "b": np.ones(7, np.int64)}
@@ -153,13 +155,46 @@ def test_failed_push_cleans_up_after_itself(catalog, monkeypatch):
     assert tree(catalog) == before
 
 
-def test_storage_damage_found_by_read_back(catalog, monkeypatch):
-    real = commit.sha256_of
-    monkeypatch.setattr(commit, "sha256_of", lambda *a: (real(*a)[0], "0" * 64))
-    with pytest.raises(IntegrityError, match="model-00001-of-00001.safetensors: read back"):
-        modelshard.push(STATE, "m", catalog=catalog)
-    assert catalog.versions("m") == []
-    assert modelshard.gc(older_than=0, catalog=catalog) == []
+class DamagingFs(LocalFileSystem):
+    """A local disk whose writes lose one bit of every shard after it was checksummed, and
+    which may report each file's CRC32C as HDFS's COMPOSITE_CRC file checksum does."""
+
+    def __init__(self, *, reports_crc: bool) -> None:
+        self.reports_crc, self.read_back = reports_crc, 0
+
+    def open_write(self, path, **kw):
+        f = super().open_write(path, **kw)
+        if not path.endswith(".safetensors"):
+            return f
+        real = f.write
+        f.write = lambda data: real(bytes([data[0] ^ 1]) + bytes(data[1:]))
+        return f
+
+    def stored_crc32c(self, path):
+        return crc32c(open(path, "rb").read()) if self.reports_crc else None
+
+    def open_read(self, path):
+        self.read_back += path.endswith(".safetensors")
+        return super().open_read(path)
+
+
+@pytest.mark.parametrize("reports_crc, paranoid, caught", [
+    (True, False, True),  # HDFS: the storage's own CRC32C, no read-back
+    (False, True, True),  # --paranoid: read back, sha256 and every chunk
+    (False, False, False),  # a local disk: fsync, no read-back (the page cache proves nothing)
+])
+def test_storage_damage_found_without_reading_back(catalog, reports_crc, paranoid, caught):
+    catalog.fs = fs = DamagingFs(reports_crc=reports_crc)
+    push = lambda: modelshard.push(STATE, "m", catalog=catalog, paranoid=paranoid)  # noqa: E731
+    if caught:
+        with pytest.raises(IntegrityError, match="model-00001-of-00001.safetensors: the storage "
+                                                 "holds other bytes than were written.*push again"):
+            push()
+        assert catalog.versions("m") == []
+        assert modelshard.gc(older_than=0, catalog=catalog) == []
+    else:
+        push()
+    assert fs.read_back == (1 if paranoid else 0)
 
 
 def test_empty_source_is_refused(catalog):

@@ -10,6 +10,7 @@ import pytest
 import modelshard
 from modelshard.catalog.manifest import MANIFEST, SCHEMA_VERSION, Manifest
 from modelshard.errors import FormatError
+from modelshard.shards.checksums import seal
 
 
 @pytest.fixture
@@ -46,9 +47,40 @@ def test_hf_index(manifest):
 
 
 def edit(manifest: Manifest, change) -> bytes:
+    """The manifest changed by ``change`` and sealed again, as a careless writer would."""
     doc = json.loads(manifest.to_json())
+    doc.pop("sealed_crc32c")
     change(doc)
-    return json.dumps(doc).encode()
+    return seal(doc)
+
+
+def test_every_changed_byte_of_a_manifest_is_found(manifest):
+    raw = manifest.to_json()
+    assert b'"chunk_crc32c"' in raw and raw.endswith(b'"}')
+    for i in range(len(raw)):
+        for bit in (0x01, 0x10):
+            damaged = raw[:i] + bytes([raw[i] ^ bit]) + raw[i + 1:]
+            with pytest.raises(FormatError, match="m.json"):
+                Manifest.from_json(damaged, where="m.json")
+
+
+def test_a_manifest_from_before_the_checksums_still_loads(manifest):
+    doc = json.loads(manifest.to_json())
+    doc.pop("sealed_crc32c")
+    for s in doc["shards"]:
+        for key in ("crc32c", "chunk_ends", "chunk_crc32c"):
+            s.pop(key)
+    old = Manifest.from_json(json.dumps(doc).encode(), where="old.json")
+    assert not old.has_checksums and manifest.has_checksums
+    assert old.tensors == manifest.tensors and [s.sha256 for s in old.shards] == [
+        s.sha256 for s in manifest.shards]
+
+
+def test_checksums_that_do_not_cover_the_shard_are_refused(manifest):
+    def shorten(d):
+        d["shards"][0]["chunk_ends"][-1] -= 1
+    with pytest.raises(FormatError, match="do not cover the shard"):
+        Manifest.from_json(edit(manifest, shorten), where="m.json")
 
 
 def test_unknown_schema_version(manifest):

@@ -1,0 +1,302 @@
+"""Reading shard bytes and proving them right: the one module that does it.
+
+Every byte modelshard hands out of a shard comes through here, from any source:
+
+* :class:`VerifiedShard` serves byte ranges of one shard, read by range (HDFS, or any
+  filesystem) or sliced from a buffer (a local memory map, a preload-cache entry, a shard the
+  scheduler holds). With the manifest's CRC32C chunk checksums it checks exactly the chunks
+  a read touches, in the bytes it returns (a range read is widened to whole chunks); a
+  buffer's chunks are checked once. For a manifest from before them it falls back to the
+  whole-shard sha256, once per shard, before serving anything.
+* :func:`read_stream` reads a whole shard front to back, checking it as it goes, into
+  caller-given buffers or a sink (pull, the cache, the scheduler, copy, verify, push's
+  ``--paranoid`` read-back).
+
+A mismatch raises IntegrityError naming the model, version and shard and saying what to do.
+``unverified_for_benchmarks=True`` turns the checks off; it exists to measure what they
+cost, never for use.
+
+>>> import numpy as np, modelshard
+>>> m = modelshard.push({"w": np.ones(4, np.float32)}, "doc", catalog="/tmp/vcat")
+>>> from modelshard.catalog.catalog import Catalog
+>>> cat = Catalog("/tmp/vcat"); rec = m.shards[0]
+>>> path = cat.version_dir("doc", m.version) + "/" + rec.path
+>>> shard = VerifiedShard.over_ranges(cat.fs, path, rec, model=f"doc@{m.version}")
+>>> bytes(shard.read([(rec.size - 16, rec.size)])[0]) == np.ones(4, np.float32).tobytes()
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from crc32c import crc32c
+
+from modelshard.catalog.manifest import ShardRecord
+from modelshard.errors import IntegrityError, ModelShardError
+from modelshard.fs.base import FileSystem
+from modelshard.shards.checksums import Checksums, ChunkWriter
+from modelshard.shards.format import CHUNK, Header, parse_header
+
+Ranges = Sequence[tuple[int, int]]
+
+
+class Stored(Protocol):
+    """What the manifest says of a shard (a ShardRecord, or the cache's ShardRef)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def checksums(self) -> Checksums | None: ...
+
+
+def damaged(model: str | None, uri: str, what: str) -> IntegrityError:
+    """The error for a shard whose bytes are not the manifest's."""
+    if model is None:
+        return IntegrityError(f"{uri}: {what}; the stored shard is damaged: restore it or push "
+                              "the model again")
+    return IntegrityError(
+        f"{model}: shard {uri}: {what}. The stored shard is damaged: 'modelshard verify "
+        f"{model}' checks every shard; restore it by pushing the model again or copying the "
+        "version from another catalog ('modelshard copy'); on HDFS, 'hdfs fsck PATH -files "
+        "-blocks' shows whether a good replica is left to re-replicate from")
+
+
+class StreamCheck:
+    """Checks a shard streamed front to back through :meth:`update`: its CRC32C chunks (or
+    its sha256 for a manifest without them; both with ``full=True``)."""
+
+    def __init__(self, record: Stored, *, model: str | None, uri: str,
+                 full: bool = False) -> None:
+        self.record, self._model, self._uri = record, model, uri
+        c = record.checksums
+        self._crcs = ChunkWriter(list(c.ends)) if c else None
+        self._sha = hashlib.sha256() if full or c is None else None
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._crcs is not None and self.size < self.record.size:
+            self._crcs.update(memoryview(data)[:self.record.size - self.size])
+        if self._sha is not None:
+            self._sha.update(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Raise IntegrityError unless the bytes seen are exactly the manifest's."""
+        rec = self.record
+        if self.size != rec.size:
+            raise damaged(self._model, self._uri, f"{self.size} bytes where the manifest says "
+                                                  f"{rec.size}")
+        got = self._crcs.finish().chunks if self._crcs is not None else None
+        if got is not None and got != rec.checksums.chunks:  # same size: as many chunks
+            bad = next(i for i, (a, b) in enumerate(zip(got, rec.checksums.chunks, strict=True))
+                       if a != b)
+            lo, hi = rec.checksums.chunk_range(bad)
+            raise damaged(self._model, self._uri, f"bytes {lo}..{hi} do not match their CRC32C")
+        if self._sha is not None and self._sha.hexdigest() != rec.sha256:
+            raise damaged(self._model, self._uri, f"sha256 {self._sha.hexdigest()} where the "
+                                                  f"manifest says {rec.sha256}")
+
+
+def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
+                into: Sequence[tuple[int, memoryview]] = (),
+                sink: Callable[[memoryview], object] | None = None,
+                progress: Callable[[int], object] | None = None, full: bool = False,
+                chunk_bytes: int = CHUNK) -> None:
+    """Read the shard at ``path`` once, checking it as it goes: the bytes at each ``(offset,
+    view)`` of ``into`` go straight into ``view``, the rest through a scratch buffer; every
+    byte also goes to ``sink``, in pieces of at most ``chunk_bytes``. IntegrityError if it
+    is not the manifest's (the views then hold damaged bytes: do not hand them out)::
+
+        read_stream(fs, path, record, model="bert@3", sink=out.write)
+    """
+    check = StreamCheck(record, model=model, uri=fs.uri(path), full=full)
+    scratch = memoryview(bytearray(min(chunk_bytes, max(record.size, 1))))
+    segments, pos = [], 0
+    for offset, view in sorted(into, key=lambda ov: ov[0]):
+        segments += _pieces(scratch, offset - pos) + [view]
+        pos = offset + len(view)
+    segments += _pieces(scratch, record.size - pos)
+    with fs.open_read(path) as f:
+        for segment in segments:
+            for start in range(0, len(segment), chunk_bytes):
+                part = segment[start:start + chunk_bytes]
+                n = f.readinto(part)
+                check.update(part[:n])
+                if sink:
+                    sink(part[:n])
+                if progress:
+                    progress(n)
+                if n < len(part):  # shorter than the manifest says
+                    check.finish()
+        while n := f.readinto(scratch):  # longer than the manifest says
+            check.update(scratch[:n])
+    check.finish()
+
+
+def _pieces(scratch: memoryview, n: int) -> list[memoryview]:
+    """Views of ``scratch`` covering ``n`` bytes that go nowhere in particular."""
+    return [scratch[:min(len(scratch), n - i)] for i in range(0, n, len(scratch))]
+
+
+class VerifiedShard:
+    """Byte ranges of one shard, each checked before it is returned. Build it with
+    :meth:`over_ranges` or :meth:`over_buffer`; :meth:`header` checks the header against the
+    manifest's ``expected`` entries; :meth:`read` serves ranges. A failed check sticks: the
+    shard serves nothing more. Threads may share one.
+    """
+
+    def __init__(self, record: ShardRecord, *, model: str | None, uri: str,
+                 pread: Callable[[int, int], Any] | None, buffer: Any,
+                 stream: Callable[[], None] | None, checked: bool,
+                 unverified_for_benchmarks: bool) -> None:
+        self.record, self._model, self._uri = record, model, uri
+        self._pread, self._buffer, self._stream = pread, buffer, stream
+        self._trust = unverified_for_benchmarks or checked
+        self._ok: set[int] = set()  # chunks of the buffer already checked
+        self._whole_checked = False
+        self._failure: ModelShardError | None = None
+        self._lock = threading.Lock()
+        self.counts = {"range_reads": 0, "range_bytes": 0, "verified_bytes": 0}
+
+    @classmethod
+    def over_ranges(cls, fs: FileSystem, path: str, record: ShardRecord, *, model: str | None,
+                    unverified_for_benchmarks: bool = False) -> VerifiedShard:
+        """Read by range from ``fs``; each read widened to the chunks it touches."""
+        def stream() -> None:
+            read_stream(fs, path, record, model=model)
+
+        return cls(record, model=model, uri=fs.uri(path),
+                   pread=lambda off, n: fs.read_range(path, off, n), buffer=None, stream=stream,
+                   checked=False, unverified_for_benchmarks=unverified_for_benchmarks)
+
+    @classmethod
+    def over_buffer(cls, buffer: Any, record: ShardRecord, *, model: str | None, uri: str,
+                    checked: bool = False, unverified_for_benchmarks: bool = False
+                    ) -> VerifiedShard:
+        """Slice ``buffer`` (memory map, bytes); ``checked``: it was verified whole already
+        (a preload-cache entry, a shard fetched by the scheduler)."""
+        return cls(record, model=model, uri=uri, pread=None, buffer=memoryview(buffer),
+                   stream=None, checked=checked,
+                   unverified_for_benchmarks=unverified_for_benchmarks)
+
+    # -- serving ---------------------------------------------------------------------------
+    def header(self, expected: dict[str, tuple[str, int, int]]) -> Header:
+        """The shard's header, checked, and checked to list exactly ``expected``
+        (``{key: (dtype, begin, end)}``, from :meth:`Manifest.shard_entries`)."""
+        c = self.record.checksums
+        end = c.data_start if c else None
+        if end is None:  # a manifest without chunk checksums: the header says its length
+            end = 8 + int.from_bytes(bytes(self.read([(0, 8)])[0]), "little")
+            if end > self.record.size:
+                raise self._fail(f"header length {end - 8} runs past the end of the shard")
+        raw = self.read([(8, end)])[0]
+        try:
+            header = parse_header(bytes(raw), file_size=self.record.size, where=self._uri)
+        except ModelShardError as e:
+            raise self._fail(f"its header is damaged ({e})") from e
+        found = {k: (e.dtype.name, e.begin, e.end) for k, e in header.entries.items()}
+        if found != expected:
+            raise self._fail("its header does not list the tensors the manifest places there")
+        return header
+
+    def read(self, ranges: Ranges) -> list[memoryview]:
+        """The bytes of each ``(begin, end)`` range, checked."""
+        if self._failure is not None:
+            raise self._failure
+        for b, e in ranges:
+            if not 0 <= b <= e <= self.record.size:
+                raise self._fail(f"bytes {b}..{e} lie outside the shard of {self.record.size} "
+                                 "bytes the manifest records")
+        if self.record.checksums is None and not self._trust:
+            self._check_whole()
+        if self._buffer is not None:
+            return self._from_buffer(ranges)
+        return self._from_ranges(ranges)
+
+    def _from_buffer(self, ranges: Ranges) -> list[memoryview]:
+        buf, c = self._buffer, self.record.checksums
+        if len(buf) != self.record.size:
+            raise self._fail(f"{len(buf)} bytes where the manifest says {self.record.size}")
+        if c is not None and not self._trust:
+            for b, e in ranges:
+                for i in (c.chunks_over(b, e) if b < e else ()):
+                    if i not in self._ok:
+                        self._check_chunk(i, buf[slice(*c.chunk_range(i))])
+                        self._ok.add(i)
+        return [buf[b:e] for b, e in ranges]
+
+    def _from_ranges(self, ranges: Ranges) -> list[memoryview]:
+        c = self.record.checksums
+        check = c is not None and not self._trust
+        widen = (lambda b, e: (c.chunk_range(c.chunks_over(b, e)[0])[0],
+                               c.chunk_range(c.chunks_over(b, e)[-1])[1])
+                 ) if check else (lambda b, e: (b, e))
+        wanted = sorted({r for r in ranges if r[0] < r[1]})
+        out: dict[tuple[int, int], memoryview] = {}
+        for lo, hi, members in coalesce([(*widen(b, e), b, e) for b, e in wanted]):
+            data = memoryview(self._pread(lo, hi - lo))
+            self._count(range_reads=1, range_bytes=hi - lo)
+            if len(data) != hi - lo:
+                raise self._fail(f"{len(data)} bytes at offset {lo}, expected {hi - lo}: the "
+                                 "shard is truncated")
+            if check:
+                for i in c.chunks_over(lo, hi):
+                    cb, ce = c.chunk_range(i)
+                    self._check_chunk(i, data[cb - lo:ce - lo])
+            out.update({(b, e): data[b - lo:e - lo] for b, e in members})
+        return [out.get((b, e), memoryview(b"")) for b, e in ranges]
+
+    # -- checking --------------------------------------------------------------------------
+    def _check_chunk(self, i: int, data: memoryview) -> None:
+        self._count(verified_bytes=len(data))
+        if crc32c(data) != self.record.checksums.chunks[i]:
+            lo, hi = self.record.checksums.chunk_range(i)
+            raise self._fail(f"bytes {lo}..{hi} do not match their CRC32C")
+
+    def _check_whole(self) -> None:
+        """The fallback for a manifest without chunk checksums: the whole-shard sha256, once."""
+        with self._lock:
+            if self._whole_checked:
+                return
+            try:
+                if self._buffer is not None:
+                    check = StreamCheck(self.record, model=self._model, uri=self._uri)
+                    check.update(self._buffer)
+                    check.finish()
+                else:
+                    self._stream()
+            except IntegrityError as e:
+                self._failure = e
+                raise
+            self._count(verified_bytes=self.record.size)
+            self._whole_checked = True
+
+    def _fail(self, what: str) -> IntegrityError:
+        self._failure = damaged(self._model, self._uri, what)
+        return self._failure
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self.counts[k] += v
+
+
+def coalesce(ranges: Sequence[tuple[int, int, int, int]]
+             ) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """``(lo, hi, begin, end)`` sorted by ``lo``: reads ``lo..hi`` serving ``begin..end``,
+    merged where they touch or overlap: one read per run of adjacent tensors (or chunks),
+    and never a byte that neither a tensor nor its check needs."""
+    runs: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for lo, hi, b, e in sorted(ranges):
+        if runs and lo <= runs[-1][1]:
+            rlo, rhi, members = runs[-1]
+            runs[-1] = (rlo, max(rhi, hi), [*members, (b, e)])
+        else:
+            runs.append((lo, hi, [(b, e)]))
+    return runs
