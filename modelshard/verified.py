@@ -161,7 +161,8 @@ class VerifiedShard:
         self._ok: set[int] = set()  # chunks of the buffer already checked
         self._whole_checked = False
         self._failure: ModelShardError | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the counts
+        self._whole_lock = threading.Lock()  # one whole-shard check at a time
         self.counts = {"range_reads": 0, "range_bytes": 0, "verified_bytes": 0}
 
     @classmethod
@@ -261,7 +262,7 @@ class VerifiedShard:
 
     def _check_whole(self) -> None:
         """The fallback for a manifest without chunk checksums: the whole-shard sha256, once."""
-        with self._lock:
+        with self._whole_lock:
             if self._whole_checked:
                 return
             try:

@@ -179,12 +179,15 @@ def verify(catalog: Catalog, manifest: Manifest, *, workers: int, upgrade: bool 
         path = posixpath.join(vdir, shard.path)
         uri = catalog.fs.uri(path)
         try:
-            header = read_header(catalog.fs, path)
-            ends = chunk_ends(data_start=header.data_start, size=shard.size,
-                              spans=[(e.begin, e.end) for e in header.entries.values()])
-            crcs = ChunkWriter(ends) if adding else None
+            crcs = None
+            if adding:  # the chunks follow the tensors: the header is needed first
+                header = read_header(catalog.fs, path)
+                crcs = ChunkWriter(chunk_ends(data_start=header.data_start, size=shard.size,
+                                              spans=[(e.begin, e.end)
+                                                     for e in header.entries.values()]))
             read_stream(catalog.fs, path, shard, model=None, progress=progress, full=True,
                         sink=crcs.update if crcs else None)
+            header = read_header(catalog.fs, path)
         except (NotFoundError, FormatError, IntegrityError) as e:
             return str(e)
         found = {k: (e.dtype.name, e.begin, e.end) for k, e in header.entries.items()}

@@ -135,14 +135,17 @@ def check_seal(raw: bytes, *, where: str, required: bool) -> None:
     m = _SEAL.search(raw)
     if m is None:
         if required:
-            raise FormatError(f"{where}: its checksum (sealed_crc32c) is missing or damaged")
+            raise FormatError(f"{where}: its checksum (sealed_crc32c) is missing or damaged; "
+                              f"{_RESTORE}")
         return
     body = raw[:m.start()] + b"}"
     if f"{crc32c(body):08x}".encode() != m.group(1):
-        raise FormatError(f"{where}: its bytes do not match its checksum (sealed_crc32c); "
-                          "the file is damaged")
+        raise FormatError(f"{where}: its bytes do not match its checksum (sealed_crc32c): "
+                          f"the file is damaged; {_RESTORE}")
 
 
+_RESTORE = ("restore it from a copy of the catalog ('modelshard copy' made one) or push the "
+            "model again")
 _HEX8 = re.compile(r"[0-9a-f]{8}")
 
 
