@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_a_flipped_byte_is_found_by_every_read_path(tmp_path, path, where):
 def _strip_checksums(root: str, m) -> None:
     """Rewrite the manifest as modelshard wrote it before the CRC32C checksums."""
     path = os.path.join(root, "models", "m", m.version, "manifest.json")
-    doc = json.loads(open(path, "rb").read())
+    doc = json.loads(Path(path).read_bytes())
     doc.pop("sealed_crc32c")
     for s in doc["shards"]:
         for key in ("crc32c", "chunk_ends", "chunk_crc32c"):
@@ -134,15 +135,15 @@ def test_an_old_manifest_falls_back_to_the_whole_shard_sha256(tmp_path, path, wh
 def test_verify_upgrade_adds_the_checksums_beside_an_old_manifest(tmp_path, capsys):
     root, m = _push(tmp_path)
     _strip_checksums(root, m)
-    manifest_before = open(os.path.join(root, "models", "m", "1", "manifest.json"), "rb").read()
+    manifest = Path(root, "models", "m", "1", "manifest.json")
+    manifest_before = manifest.read_bytes()
     from modelshard.cli import main
 
     assert main(["verify", "m", "--upgrade", "--catalog", root]) == 0
     assert "CRC32C checksums in place" in capsys.readouterr().out
     upgraded = Catalog(root).manifest("m", "1")
     assert upgraded.has_checksums and upgraded.shards == m.shards  # as a push writes them
-    assert open(os.path.join(root, "models", "m", "1", "manifest.json"), "rb").read() == \
-        manifest_before  # a committed version is never changed
+    assert manifest.read_bytes() == manifest_before  # a committed version is never changed
     assert modelshard.verify("m", catalog=root, upgrade=True).version == "1"  # again: no-op
     cat = _ranged(root)
     with modelshard.open("m", catalog=cat, record_stats=False) as h:
