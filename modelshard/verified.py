@@ -75,7 +75,7 @@ class StreamCheck:
                  full: bool = False) -> None:
         self.record, self._model, self._uri = record, model, uri
         c = record.checksums
-        self._crcs = ChunkWriter(list(c.ends)) if c else None
+        self._crcs = ChunkWriter(list(c.ends), whole=False) if c else None
         self._sha = hashlib.sha256() if full or c is None else None
         self.size = 0
 

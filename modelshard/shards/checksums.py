@@ -90,16 +90,18 @@ class Checksums:
 
 class ChunkWriter:
     """The :class:`Checksums` of bytes streamed through :meth:`update`, in any pieces, for
-    chunks ending at ``ends`` (:func:`chunk_ends`)."""
+    chunks ending at ``ends`` (:func:`chunk_ends`); ``whole=False`` skips the whole-file
+    CRC32C (a second pass over every byte) where only the chunks are compared."""
 
-    def __init__(self, ends: list[int]) -> None:
-        self._ends = ends
+    def __init__(self, ends: list[int], *, whole: bool = True) -> None:
+        self._ends, self._whole_too = ends, whole
         self._whole = self._crc = self._pos = 0
         self._chunks: list[int] = []
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
-        self._whole = crc32c(view, self._whole)
+        if self._whole_too:
+            self._whole = crc32c(view, self._whole)
         while view:
             if len(self._chunks) == len(self._ends):
                 raise FormatError(f"more bytes than the {self._ends[-1]} the chunks cover")
