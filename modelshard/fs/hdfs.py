@@ -27,7 +27,13 @@ from types import ModuleType
 from typing import Any, BinaryIO, ClassVar
 from urllib.parse import urlsplit
 
-from modelshard.errors import AlreadyExistsError, ModelShardError, NotFoundError, StorageError
+from modelshard.errors import (
+    AlreadyExistsError,
+    IntegrityError,
+    ModelShardError,
+    NotFoundError,
+    StorageError,
+)
 from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
 
 _DEFAULT_PORT = 8020  # the NameNode RPC port when a URI names none, as in Hadoop
@@ -129,10 +135,27 @@ class HdfsFileSystem(FileSystem):
             return StorageError(f"{where}: a parent of this path is a file, not a folder")
         # libhdfs turns Java exceptions it has no errno for into 255 and prints them.
         detail = "the Java exception above on stderr says why" if _errno(e) == 255 else str(e)
+        if action == "read" and self._namenode_answers(path):
+            # HDFS checks every read against the CRC32C of each 512-byte chunk that the
+            # DataNodes keep: a read that fails with the NameNode up found no good replica.
+            return IntegrityError(
+                f"{where}: HDFS found no intact replica of a block of this file ({detail}): "
+                "every replica it tried failed HDFS's own checksum or its DataNode is down. "
+                f"'bin/hadoop fsck {path} -files -blocks -locations' lists the blocks and "
+                "their replicas; HDFS re-replicates a block from any good replica left by "
+                "itself; if none is left, push the model again or copy the version back from "
+                "another catalog ('modelshard copy')")
         return StorageError(
             f"{where}: HDFS could not {action} ({detail}); if the NameNode is down, start it "
             "(bin/modelshard-cluster start)"
         )
+
+    def _namenode_answers(self, path: str) -> bool:
+        try:
+            self._fs.get_path_info(path)
+        except (OSError, RuntimeError):
+            return False
+        return True
 
     @contextlib.contextmanager
     def _errors(self, path: str, action: str) -> Iterator[None]:
