@@ -12,6 +12,7 @@ from modelshard import placement
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.commit import shard_block_size
 from modelshard.errors import FormatError, IntegrityError
+from tests.counting_fs import CountingFileSystem
 
 STATE = {f"w{i}": np.full((64, 16), i, np.float32) for i in range(6)}
 VICTIM = "w2"
@@ -65,12 +66,24 @@ def test_an_intact_version_reads_by_every_path(pushed, tmp_path):
     assert np.array_equal(modelshard.load("m", catalog=uri)[VICTIM], STATE[VICTIM])
 
 
-def test_push_checks_what_hdfs_stored_and_paranoid_reads_back(hdfs_root):
+def test_push_checks_what_hdfs_stored_without_reading_it_back(hdfs_root):
+    fs, root = hdfs_root
+    cat = Catalog(fs.uri(f"{root}/cat"))
+    cat.fs = counted = CountingFileSystem(cat.fs)
+    m = modelshard.push(STATE, "m", catalog=cat, shard_size=8192)
+    assert counted.bytes_read < 4096  # the manifest and aliases, never a shard
+    for s in m.shards:  # HDFS's COMPOSITE_CRC file checksum is the CRC32C of the file
+        assert fs.stored_crc32c(f"{cat.version_dir('m', m.version)}/{s.path}") == \
+            s.checksums.crc32c
+    counted.reset()
+    modelshard.push(STATE, "m", catalog=cat, shard_size=8192, paranoid=True)
+    assert counted.bytes_read >= sum(s.size for s in m.shards)  # --paranoid reads back
+
+
+def test_a_stored_shard_that_differs_aborts_the_push(hdfs_root, monkeypatch):
     fs, root = hdfs_root
     uri = fs.uri(f"{root}/cat")
-    m = modelshard.push(STATE, "m", catalog=uri, shard_size=8192, paranoid=True)
-    modelshard.verify(f"m@{m.version}", catalog=uri)
-    cat = Catalog(uri)
-    for s in m.shards:
-        stored = cat.fs.stored_crc32c(f"{cat.version_dir('m', m.version)}/{s.path}")
-        assert stored is None or stored == s.checksums.crc32c
+    monkeypatch.setattr(type(fs), "stored_crc32c", lambda self, path: 0)
+    with pytest.raises(IntegrityError, match="the storage holds other bytes than were written"):
+        modelshard.push(STATE, "m", catalog=uri, shard_size=8192)
+    assert not fs.exists(f"{root}/cat/models/m/1")
