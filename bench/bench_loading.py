@@ -9,7 +9,8 @@ of ``--runs`` runs, the two sides of each comparison run alternately in the same
 * warm cache: ``modelshard.load`` from the preload cache vs ``safetensors.safe_open`` on the
   same cache files (every page of every tensor touched on both sides);
 * cold: ``modelshard.load`` straight from HDFS vs a raw read of the same shards'
-  bytes with the same number of threads;
+  bytes with the same number of threads, and vs the same load with
+  ``unverified_for_benchmarks=True`` (what checking every chunk costs);
 * parallel: shards read 4 at a time vs one at a time.
 
     .venv/bin/python bench/bench_loading.py                      # about 2 minutes
@@ -164,6 +165,15 @@ def run(args: argparse.Namespace, m, uri: str, cache_dir: str, fs: HdfsFileSyste
     total = sum(s for _, s in shards) / MiB
     rows.append(("cold load from HDFS (MiB/s): modelshard.load vs raw read_range of the shards",
                  f"{size / a:.0f} ({a:.2f} s)", f"{total / b:.0f} ({b:.2f} s)", f"{b / a:.2f}x",
+                 ">= 0.9x"))
+
+    def unverified() -> int:
+        return len(modelshard.load("bench", catalog=uri, workers=args.workers,
+                                   record_stats=False, unverified_for_benchmarks=True))
+
+    a, b = side_by_side(cold, unverified, args.runs)
+    rows.append(("cold load from HDFS (MiB/s): verified (default) vs unverified_for_benchmarks",
+                 f"{size / a:.0f} ({a:.2f} s)", f"{size / b:.0f} ({b:.2f} s)", f"{b / a:.2f}x",
                  ">= 0.9x"))
 
     # Parallel shard fetch vs one at a time.

@@ -155,8 +155,8 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [
-        ("push (in-memory dict) vs `hadoop fs -put` of the .pt", "push", "put", 1.0),
-        ("pull into memory vs `hadoop fs -get` + `torch.load`", "pull", "get+load", 2.0),
+        ("push (in-memory dict) vs `hadoop fs -put` of the .pt", "push", "put", 1.2),
+        ("pull into memory vs `hadoop fs -get` + `torch.load`", "pull", "get+load", 3.0),
         ("pull into memory vs `hadoop fs -cat` of the shards", "pull", "cat", 0.9),
         ("pull into memory vs a plain pydoop read loop of the shards", "pull", "read loop",
          0.9),
