@@ -11,7 +11,7 @@ import numpy
 import torch
 
 import modelshard
-from modelshard.jobs.environment import collect_code, collect_environment
+from modelshard.jobs.environment import collect_environment
 from modelshard.jobs.hadoop import runner_args
 from tests.jobs.mr_env_probe import MREnvProbe
 
@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODES = ROOT / ".run" / "nodes"
 
 
-def _probe(fs, root, echo=None):
+def _probe(fs, root):
+    """What the probe task saw, and what the submitter said it shipped."""
     fs.write_bytes(f"{root}/data.bin", b"x" * 1234)
     home_store = Path.home() / ".modelshard"
     home_store.mkdir(exist_ok=True)
@@ -30,21 +31,23 @@ def _probe(fs, root, echo=None):
     fs.write_bytes(f"{root}/input.txt", json.dumps({"hdfs_file": f"{root}/data.bin", "submitter_paths": paths})
                    .encode() + b"\n")
     out = f"{root}/out-{len(fs.ls(root))}"
-    job = MREnvProbe([*runner_args("hadoop", catalog=fs.uri(root), echo=echo), fs.uri(f"{root}/input.txt"),
+    said = []
+    job = MREnvProbe([*runner_args("hadoop", catalog=fs.uri(root), echo=said.append), fs.uri(f"{root}/input.txt"),
                       "--output-dir", fs.uri(out)])
     with job.make_runner() as r:
         r.run()
-        return dict(job.parse_output(r.cat_output()))["probe"]
+        return dict(job.parse_output(r.cat_output()))["probe"], said
 
 
 def test_tasks_run_only_with_what_the_job_ships(hdfs_root):
     fs, root = hdfs_root
-    p = _probe(fs, root)
+    p, said = _probe(fs, root)
     assert p["versions"] == {"numpy": numpy.__version__, "torch": torch.__version__.split("+")[0],
                              "modelshard": modelshard.__version__}
     assert p["stat_size"] == 1234  # pydoop in the task reached HDFS
     assert p["visible"] == dict.fromkeys(p["visible"], False), p["visible"]
-    env, code = (collect_environment("full").name, collect_code().name)
+    env, code = (line.split()[2].rsplit("/", 1)[1].rstrip(":") for line in said)
+    assert env.startswith("env-full-") and code.startswith("code-")
     assert "/filecache/" in p["executable"] and f"/{env}/bin/" in p["executable"], p["executable"]
     assert f"/{code}/modelshard/" in p["modelshard"], p["modelshard"]
     node = {"127.0.0.2": "node1", "127.0.0.3": "node2"}[p["host"]]
@@ -54,8 +57,7 @@ def test_tasks_run_only_with_what_the_job_ships(hdfs_root):
 def test_a_second_job_ships_nothing_and_nodes_reuse_their_copy(hdfs_root):
     fs, root = hdfs_root
     _probe(fs, root)
-    said = []
-    _probe(fs, root, echo=said.append)
+    _, said = _probe(fs, root)
     assert len(said) == 2 and all(line.endswith("already on HDFS") for line in said), said
     # Each NodeManager localized the environment at most once, however many jobs used it.
     name = collect_environment("full").name
