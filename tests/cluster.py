@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "bin" / "modelshard-cluster"
 RM = "http://127.0.0.1:8088"
+JHS = "http://127.0.0.1:19888"
 
 
 def cluster(*args: str, timeout: float = 240) -> str:
@@ -50,7 +51,8 @@ def daemon_stopped_later() -> Iterator[Callable[[str], None]]:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - the local ResourceManager
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - the local cluster's REST APIs
         return json.load(r)
 
 
@@ -82,13 +84,14 @@ class BackgroundJob:
         return self.result
 
     def attempts(self) -> list[dict]:
-        """Every map attempt the ApplicationMaster knows, with its state and node."""
-        base = f"{RM}/proxy/{self.app_id}/ws/v1/mapreduce/jobs"
+        """Every task attempt with its state and node: from the ApplicationMaster while the
+        job runs, from the JobHistoryServer once it has finished."""
+        job = self.app_id.replace("application_", "job_")
+        base = f"{JHS}/ws/v1/history/mapreduce/jobs/{job}" if self._thread.ident and not self._thread.is_alive() \
+            else f"{RM}/proxy/{self.app_id}/ws/v1/mapreduce/jobs/{job}"
         found = []
-        for job in (get_json(base).get("jobs") or {}).get("job", []):
-            for task in get_json(f"{base}/{job['id']}/tasks")["tasks"]["task"] or []:
-                attempts = get_json(f"{base}/{job['id']}/tasks/{task['id']}/attempts")["taskAttempts"]
-                found += attempts["taskAttempt"] or []
+        for task in get_json(f"{base}/tasks")["tasks"]["task"] or []:
+            found += get_json(f"{base}/tasks/{task['id']}/attempts")["taskAttempts"]["taskAttempt"] or []
         return found
 
     def wait_for_running_maps(self, n: int, timeout: float = 300) -> list[dict]:

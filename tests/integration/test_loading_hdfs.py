@@ -137,7 +137,7 @@ def test_locality_is_the_tasks_host(hdfs_model, monkeypatch):
     uri, _, m = hdfs_model
     cat = Catalog(uri)
     placement.replicate("m", replication=1, catalog=uri)
-    path = f"{cat.version_dir('m', m.version)}/{m.shards[0].path}"
+    path = f"{cat.version_dir('m', m.version)}/{m.tensors['block.0.w'].pieces[0].shard}"
     (holder,) = cat.fs.block_hosts(path)[0].hosts
     elsewhere = next(h for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4") if h != holder)
     seen = {}
@@ -146,7 +146,7 @@ def test_locality_is_the_tasks_host(hdfs_model, monkeypatch):
         locality.host_names.cache_clear()
         seen[host] = locality.replica_is_local(cat.fs, path)
         with modelshard.open("m", catalog=uri) as h:
-            h.get(next(n for n, t in m.tensors.items() if t.pieces[0].shard == m.shards[0].path))
+            h.get("block.0.w")
             seen[host, "stats"] = (h.stats().local_shards, h.stats().remote_shards)
     locality.host_names.cache_clear()
     assert seen[holder] is True and seen[elsewhere] is False
