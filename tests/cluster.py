@@ -56,6 +56,11 @@ def get_json(url: str) -> dict:
         return json.load(r)
 
 
+def _listed(items: list | dict | None) -> list:
+    """The JobHistoryServer writes a list of one as the item itself."""
+    return [items] if isinstance(items, dict) else items or []
+
+
 class BackgroundJob:
     """Runs ``fn(echo=...)`` in a thread; ``app_id`` appears once YARN accepted the job."""
 
@@ -90,8 +95,8 @@ class BackgroundJob:
         base = f"{JHS}/ws/v1/history/mapreduce/jobs/{job}" if self._thread.ident and not self._thread.is_alive() \
             else f"{RM}/proxy/{self.app_id}/ws/v1/mapreduce/jobs/{job}"
         found = []
-        for task in get_json(f"{base}/tasks")["tasks"]["task"] or []:
-            found += get_json(f"{base}/tasks/{task['id']}/attempts")["taskAttempts"]["taskAttempt"] or []
+        for task in _listed(get_json(f"{base}/tasks")["tasks"]["task"]):
+            found += _listed(get_json(f"{base}/tasks/{task['id']}/attempts")["taskAttempts"]["taskAttempt"])
         return found
 
     def wait_for_running_maps(self, n: int, timeout: float = 300) -> list[dict]:
