@@ -112,8 +112,7 @@ class Shipped:
 
 @dataclass(frozen=True)
 class TaskEnvironment:
-    """The archives a job's tasks run with (``env`` None: the user's own ``--python-archive``
-    stands in its place)."""
+    """The archives a job's tasks run with (``env`` may be the user's own ``--python-archive``)."""
 
     env: Shipped
     code: Shipped
