@@ -90,13 +90,15 @@ class ShardSources:
     def read(self, shard: str, ranges: list[tuple[int, int]]) -> list[Any]:
         """The checked bytes of each ``(begin, end)`` range of ``shard`` (its manifest path)."""
         slot = self._slots[shard]
-        self._open(slot)
-        if slot.source != "scheduler":
+        if self.scheduler is None:
+            self._open(slot, held=None)
             return slot.reader.read(ranges)
         with self.scheduler.acquire(self.refs[shard]) as buf:
+            reader = self._over(slot, buf)
+            self._open(slot, held=reader)  # the first use checks this very buffer's header
             # Copied out: the scheduler may evict the shard once it is released, and the
             # budget must bound what it holds, not what the caller keeps.
-            return [bytearray(v) for v in self._over(slot, buf).read(ranges)]
+            return [bytearray(v) for v in reader.read(ranges)]
 
     def counts(self) -> dict[str, int]:
         """Range reads, bytes read by range and bytes checked, over every shard."""
@@ -118,14 +120,16 @@ class ShardSources:
                 slot.mapped = None
 
     # -- choosing and checking a source, once per shard --------------------------------
-    def _open(self, slot: _Slot) -> None:
+    def _open(self, slot: _Slot, *, held: VerifiedShard | None) -> None:
+        """Choose the shard's source and check it, once; ``held``: the shard as the
+        scheduler holds it now."""
         with slot.lock:
             if slot.failure is not None:
                 raise slot.failure
             if slot.source is not None:
                 return
             try:
-                source = self._attach(slot)
+                source = self._attach(slot, held)
             except ModelShardError as e:
                 slot.failure, slot.reader = e, None
                 if slot.mapped is not None:
@@ -137,11 +141,10 @@ class ShardSources:
         local = source in ("cache", "mmap") or replica_is_local(self._fs, slot.path)
         self._counters.source(source, local=local)
 
-    def _attach(self, slot: _Slot) -> str:
+    def _attach(self, slot: _Slot, held: VerifiedShard | None) -> str:
         rec, uri = slot.record, self._fs.uri(slot.path)
-        if self.scheduler is not None:
-            with self.scheduler.acquire(self.refs[rec.path]) as buf:
-                self._check_header(self._over(slot, buf))
+        if held is not None:
+            self._check_header(held)
             return "scheduler"
         if self._cache is not None and (self._fill_cache or self._cache.contains(rec.sha256)):
             with self._cache.open(self._fs, slot.path, sha256=rec.sha256, size=rec.size,
