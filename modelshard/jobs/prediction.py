@@ -46,10 +46,12 @@ def predict(
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
     echo: Callable[[str], object] | None = None,
+    trust_code: bool = False,
 ) -> PredictResult:
     """Predict every record under ``data`` with ``key``; predictions land in ``output``
     as JSON lines ``id<TAB>class``. ``cache_dir``: the nodes' preload cache, where tasks
-    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds::
+    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds;
+    ``trust_code``: allow a model factory that is not registered::
 
         predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
     """
@@ -57,7 +59,7 @@ def predict(
     cat = Catalog(catalog)
     name, version = cat.resolve(key)
     model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
-    model_spec(cat, model)
+    model_spec(cat, model, trust_code=trust_code)
     files = input_files(data)
     out_fs, out_path = get_fs(output)
     if out_fs.exists(out_path):
@@ -66,7 +68,7 @@ def predict(
         "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
-        **(job_options or {})})
+        "trust_code": trust_code, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
                   jobconf=parse_job_xml(xml), overrides=overrides, echo=echo,
                   keep=lambda line: line.startswith(b"null\t"))  # only bad records are read back
