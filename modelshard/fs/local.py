@@ -84,6 +84,10 @@ class LocalFileSystem(FileSystem):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
+    def touch(self, path: str) -> None:
+        with _os_errors(path):
+            os.utime(path)
+
     def rename(self, src: str, dst: str) -> None:
         if os.path.lexists(dst):
             raise AlreadyExistsError(f"{dst}: already exists; delete it first or pick another name")
