@@ -98,20 +98,24 @@ class Lease:
             return
         try:
             self.fs.touch(self.path)
-            if owner_of(self.fs, self.path).get("token") != self.token:
-                self._lost = "it was taken over by another process"
         except NotFoundError:
-            self._lost = "its file was removed (by gc, or by a process that found it expired)"
+            pass  # the owner check below records the loss
         except ModelShardError:
             return  # a passing storage error: the next renewal tries again, check() watches the age
-        else:
-            if not self._lost:
-                self._renewed = time.monotonic()
+        if self._owned():
+            self._renewed = time.monotonic()
+
+    def _owned(self) -> bool:
+        """Whether the file still holds our token; records the loss if not."""
+        if not self._lost and owner_of(self.fs, self.path).get("token") != self.token:
+            self._lost = "its file was removed or taken over, as an expired lease is"
+        return not self._lost
 
     def check(self) -> None:
-        """Raise StorageError unless the lease is still ours and fresh enough to act on."""
+        """Raise StorageError unless the lease is still ours (its file says so) and fresh
+        enough to act on."""
         age = time.monotonic() - self._renewed
-        if self._lost or age > self.duration:
+        if not self._owned() or age > self.duration:
             why = self._lost or f"it was last renewed {age:.0f} s ago, over its {self.duration:.0f} s"
             raise StorageError(f"lease {self.fs.uri(self.path)} lost: {why}; nothing was "
                                f"changed under it, retry (and raise ${ENV} if the process stalls)")
@@ -121,7 +125,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        if not self._lost and owner_of(self.fs, self.path).get("token") == self.token:
+        if self._owned():
             # A lease file that cannot be deleted expires: failing here would report a
             # committed push as failed.
             with contextlib.suppress(ModelShardError):
