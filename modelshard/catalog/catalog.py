@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from modelshard import safejson
 from modelshard.catalog.keys import (
     LATEST,
     Key,
@@ -46,7 +47,14 @@ from modelshard.catalog.keys import (
 )
 from modelshard.catalog.lease import Lease, default_duration, expired, owner_of
 from modelshard.catalog.manifest import MANIFEST, Manifest
-from modelshard.errors import AlreadyExistsError, ModelShardError, NotFoundError, StorageError, UsageError
+from modelshard.errors import (
+    AlreadyExistsError,
+    FormatError,
+    ModelShardError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
 from modelshard.fs import FileInfo, get_fs
 
 ENV = "MODELSHARD_CATALOG"
@@ -56,6 +64,18 @@ _RETRIES = 50
 def default_uri() -> str:
     """``$MODELSHARD_CATALOG``, else ``~/.modelshard/catalog``."""
     return os.environ.get(ENV) or os.path.expanduser("~/.modelshard/catalog")
+
+
+def _entry_version(raw: bytes, *, where: str) -> str | None:
+    """The version an alias entry names (None: the alias was removed); FormatError if the
+    entry is not ``{"version": "<version>" | null, ...}``."""
+    doc = safejson.loads(raw, where=where)
+    version = doc.get("version", "") if isinstance(doc, dict) else ""
+    try:
+        return None if version is None else check_version(version)
+    except UsageError:
+        raise FormatError(f"{where}: not an alias entry; it is damaged (gc keeps it: the "
+                          "previous entry holds)") from None
 
 
 @dataclass(frozen=True)
@@ -189,9 +209,9 @@ class Catalog:
             try:
                 for _, path in reversed(log):
                     try:
-                        return json.loads(self.fs.read_bytes(path))["version"]
-                    except ValueError:
-                        continue  # still being written: the previous entry holds
+                        return _entry_version(self.fs.read_bytes(path), where=self.fs.uri(path))
+                    except FormatError:
+                        continue  # still being written (or damaged): the previous entry holds
                 return None
             except NotFoundError:
                 continue  # pruned by a concurrent move: read the log again

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 
+from modelshard import safejson
 from modelshard.errors import ModelShardError, NotFoundError, StorageError
 from modelshard.fs import FileInfo, FileSystem
 
@@ -54,8 +55,8 @@ def expired(info: FileInfo, duration: float) -> bool:
 def owner_of(fs: FileSystem, path: str) -> dict:
     """What a lease file says about its owner (``token``, ``pid``, ``host``), or ``{}``."""
     try:
-        doc = json.loads(fs.read_bytes(path))
-    except (ModelShardError, ValueError):
+        doc = safejson.loads(fs.read_bytes(path), where=fs.uri(path))
+    except ModelShardError:
         return {}
     return doc if isinstance(doc, dict) else {}
 
