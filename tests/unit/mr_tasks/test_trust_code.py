@@ -145,3 +145,25 @@ def test_trust_code_runs_an_unregistered_factory_end_to_end(tmp_path, records):
     assert r.records == 8 and r.bad_records == 0
     assert train(key, records, epochs=1, catalog=cat, trust_code=True, num_reduces=1).epochs[0].version == "2"
     assert np.isfinite(modelshard.pull("net@2", catalog=cat)["0.weight"]).all()
+
+
+class Exploding(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom in forward")
+
+
+def exploding() -> torch.nn.Module:
+    return Exploding(64, 10)
+
+
+@pytest.mark.parametrize("runner", ["inline", "local"])
+def test_a_failing_task_is_one_line_on_either_runner(tmp_path, records, capsys, runner):
+    cat = str(tmp_path / "cat")
+    state = {k: v.detach().numpy() for k, v in exploding().state_dict().items()}
+    key = "x@" + modelshard.push(state, "x", catalog=cat, attrs={
+        SPEC_ATTR: json.dumps({"factory": f"{__name__}:exploding"})}).version
+    rc = main(["predict", key, records, str(tmp_path / "out"), "--runner", runner, "--catalog", cat, "--trust-code"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"modelshard predict: error: MRPredict failed on the {runner} runner: ")
+    assert "RuntimeError: boom in forward" in err
