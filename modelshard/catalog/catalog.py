@@ -78,6 +78,11 @@ def _entry_version(raw: bytes, *, where: str) -> str | None:
                           "previous entry holds)") from None
 
 
+def _is_temporary(path: str) -> bool:
+    base = posixpath.basename(path)
+    return base.startswith(".") and base.endswith(".tmp")
+
+
 @dataclass(frozen=True)
 class Removed:
     path: str
@@ -480,15 +485,22 @@ class Catalog:
 
     def _leftovers(self, name: str, cutoff: float) -> list[Removed]:
         found, live = [], {}
+
+        def old(info: FileInfo) -> bool:
+            return info.mtime < cutoff and expired(info, self.lease_seconds)
+
+        # What an exclusive create killed half way leaves: its private ".<name>.<hex>.tmp".
+        for folder in (self.model_dir(name), self._claims_dir(name),
+                       posixpath.join(self.model_dir(name), ".removed")):
+            found += [Removed(i.path, "orphaned temporary file") for i in self._ls(folder)
+                      if _is_temporary(i.path) and old(i)]
         for info in self._ls(self._claims_dir(name)):
             version = posixpath.basename(info.path)
-            old = info.mtime < cutoff and expired(info, self.lease_seconds)
             if version.startswith("."):
-                if old:
-                    found.append(Removed(info.path, "orphaned temporary file"))
-            elif self.fs.exists(self.version_dir(name, version)):
+                continue
+            if self.fs.exists(self.version_dir(name, version)):
                 found.append(Removed(info.path, "claim of a committed version"))
-            elif old:
+            elif old(info):
                 found.append(Removed(info.path, "expired claim"))
             else:
                 live[version] = owner_of(self.fs, info.path).get("token")
@@ -498,8 +510,7 @@ class Catalog:
                 found.append(Removed(info.path, "abandoned staging folder"))
         for folder in self._ls(posixpath.join(self.model_dir(name), "aliases")):
             entries = self._ls(folder.path)
-            temporary = [Removed(i.path, "orphaned temporary file") for i in entries
-                         if posixpath.basename(i.path).startswith(".")]
+            temporary = [Removed(i.path, "orphaned temporary file") for i in entries if _is_temporary(i.path)]
             found += temporary if len(temporary) < len(entries) else [
                 Removed(folder.path, "empty alias folder")]
         found += [Removed(i.path, "marker of a broken lock") for i in self._ls(self.model_dir(name))
