@@ -278,7 +278,7 @@ class Catalog:
                 ...; lock.check(); ...   # check() before each change: still ours
         """
         path = self._lock_path(name)
-        deadline = time.monotonic() + 2 * self.lease_seconds + 5
+        deadline = time.monotonic() + 2 * self.lease_seconds + 1
         delay = 0.005
         while True:
             try:
@@ -440,7 +440,7 @@ class Catalog:
                 rest = [v for v in self.versions(name) if v != version]
                 self._write_alias(name, LATEST, max(rest, key=version_order, default=None))
             trash = self._bury(name, version)
-        self.fs.delete(trash, recursive=True)
+        self._empty([trash])
 
     def remove_model(self, name: str) -> None:
         """Remove every version and alias of ``name``; the tombstones stay, so a model pushed
@@ -455,8 +455,14 @@ class Catalog:
             aliases = posixpath.join(self.model_dir(name), "aliases")
             if self.fs.exists(aliases):
                 trash.append(self._hide(aliases, f"{name}-aliases"))
+        self._empty(trash)
+
+    def _empty(self, trash: list[str]) -> None:
+        """Delete what a removal hid: it is gone for readers already, so a failure here is not
+        the removal's; ``gc`` empties the trash later."""
         for path in trash:
-            self.fs.delete(path, recursive=True)
+            with contextlib.suppress(ModelShardError):
+                self.fs.delete(path, recursive=True)
 
     # -- garbage ---------------------------------------------------------------------------
     def gc(self, older_than: float, *, dry_run: bool = False) -> list[Removed]:

@@ -64,9 +64,9 @@ def test_a_lock_whose_holder_died_is_taken_over_once_expired(catalog):
 
 def test_a_live_lock_is_waited_for_then_refused_with_its_owner(catalog):
     modelshard.push(W, "m", catalog=catalog)
-    catalog.lease_seconds = 1.0
+    catalog.lease_seconds = 3.0  # renewed every second: alive even with HDFS's whole seconds
     with catalog.lock("m"):
-        other = Catalog(catalog.uri, lease_seconds=1.0)
+        other = Catalog(catalog.uri, lease_seconds=3.0)
         with pytest.raises(StorageError, match=f"model 'm' is locked by pid {os.getpid()} on .*retry"):
             modelshard.alias("m@prod", 1, catalog=other)
     assert modelshard.alias("m@prod", 1, catalog=other) == "1"
