@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tests.faults.test_kill_push import kill_9_trials
+from tests.faults.test_kill_9 import commit_trials
 
 
 def test_kill_9_anywhere_in_a_push_on_hdfs(hdfs_root):
     fs, root = hdfs_root
-    print(kill_9_trials(fs.uri(f"{root}/catalog"), 20))  # the figures of docs/reliability.md
+    print(commit_trials(fs.uri(f"{root}/catalog"), 20))  # the figures of docs/reliability.md
