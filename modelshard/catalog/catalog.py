@@ -7,6 +7,7 @@
     <root>/models/<name>/.staging/<version>-<token>/   shards of a push not yet committed
     <root>/models/<name>/.removed/<version>            tombstone: the number is never reused
     <root>/models/<name>/.lock                         the model's lock (a lease)
+    <root>/models/<name>/.publishing                   aliases a publish under the lock owes
     <root>/.trash/<name>-<uuid>/                       removed data, being deleted
 
 A version becomes visible by one rename of its complete staging folder, made by the push
@@ -123,6 +124,9 @@ class Catalog:
 
     def _lock_path(self, name: str) -> str:
         return posixpath.join(self.model_dir(name), ".lock")
+
+    def _intent_path(self, name: str) -> str:
+        return posixpath.join(self.model_dir(name), ".publishing")
 
     def new_staging_dir(self, name: str, version: str, claim: Lease) -> str:
         """The staging folder of the push holding ``claim``: named by its token, so gc can
@@ -295,6 +299,7 @@ class Catalog:
             time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: contenders do not march in step
             delay = min(2 * delay, 0.2)
         with lease:
+            self._finish_publish(name)
             yield lease
 
     def _break_if_expired(self, path: str) -> None:
@@ -369,23 +374,59 @@ class Catalog:
         """Make the complete ``staging`` folder version ``version`` in one rename and point
         ``aliases`` at it (``latest`` only if it moves forward), all under the model's lock.
         If an alias cannot be written, the new entries are deleted and the version is renamed
-        back into ``staging``: the push fails as a whole."""
-        target = self.version_dir(name, version)
+        back into ``staging``: the push fails as a whole. The aliases owed are written down
+        first (``.publishing``), so if this process is killed after the rename, the next
+        holder of the lock points them before anything else (:meth:`_finish_publish`)."""
+        target, intent = self.version_dir(name, version), self._intent_path(name)
         with self.lock(name) as lock:
             claim.check()
             lock.check()
-            self.fs.rename(staging, target)
             written: list[str] = []
             try:
-                for alias in aliases:
-                    if alias != LATEST or self._moves_forward(name, version):
-                        written.append(self._write_alias(name, alias, version))
+                self.fs.write_bytes(intent, json.dumps({"version": version, "aliases": list(aliases)}).encode())
+                self.fs.rename(staging, target)
+                self._point(name, version, aliases, written)
             except BaseException:
                 for path in written:  # deleting needs no space: the previous entries hold again
                     with contextlib.suppress(ModelShardError):
                         self.fs.delete(path)
-                self.fs.rename(target, staging)
+                if self.fs.exists(target):
+                    self.fs.rename(target, staging)
+                self._forget(intent)
                 raise
+            self._forget(intent)
+
+    def _point(self, name: str, version: str, aliases: Sequence[str], written: list[str]) -> None:
+        """Point ``aliases`` at ``version``, ``latest`` only forward; the entries added go to
+        ``written``."""
+        for alias in aliases:
+            if alias != LATEST or self._moves_forward(name, version):
+                written.append(self._write_alias(name, alias, version))
+
+    def _forget(self, intent: str) -> None:
+        # An intent that cannot be deleted is finished again by the next lock holder: harmless.
+        with contextlib.suppress(ModelShardError):
+            self.fs.delete(intent)
+
+    def _finish_publish(self, name: str) -> None:
+        """Complete a publish whose process died holding the lock: point the aliases it owed
+        at its version if the rename happened; forget it otherwise (an unreadable intent was
+        cut short before the rename)."""
+        intent = self._intent_path(name)
+        try:
+            doc = safejson.loads(self.fs.read_bytes(intent), where=self.fs.uri(intent))
+            version = check_version(doc["version"])
+            aliases = [check_alias(a) for a in doc["aliases"]]
+        except NotFoundError:
+            return
+        except (ModelShardError, KeyError, TypeError):
+            aliases = []
+        else:
+            if not self.fs.exists(self.version_dir(name, version)):
+                aliases = []
+        if aliases:
+            self._point(name, version, aliases, [])
+        self._forget(intent)
 
     def _moves_forward(self, name: str, version: str) -> bool:
         current = self.alias_target(name, LATEST)

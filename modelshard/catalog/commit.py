@@ -7,7 +7,8 @@ last, then under the model's lock publish the folder with one rename and move ``
 Until the rename nothing is visible. A push that raises leaves no new version and no moved
 alias (an alias that cannot be written undoes the publish). What a killed push leaves
 (staging folder, claim) is invisible and removed by ``gc`` once the claim expired; a push
-killed between the rename and the alias moves leaves a complete version without aliases.
+killed between the rename and the alias moves leaves a complete version whose owed aliases
+the next holder of the model's lock points first (``Catalog.publish``).
 """
 
 from __future__ import annotations

@@ -170,3 +170,23 @@ def test_gc_removes_empty_alias_folders_and_orphaned_temporary_files(catalog, ca
     assert catalog.aliases("m") == {"latest": "1", "prod": "1"}
     assert modelshard.gc(older_than=0, catalog=catalog) == []
     capsys.readouterr()
+
+
+def test_the_next_lock_holder_finishes_a_publish_killed_after_its_rename(catalog, monkeypatch):
+    modelshard.push(W, "m", catalog=catalog)
+    with monkeypatch.context() as m:  # killed after the rename: no alias moved, the intent stays
+        m.setattr(Catalog, "_point", lambda *args: None)
+        m.setattr(Catalog, "_forget", lambda *args: None)
+        modelshard.push(W, "m", catalog=catalog, aliases=["prod"])
+    assert catalog.versions("m") == ["1", "2"] and catalog.aliases("m") == {"latest": "1"}
+    modelshard.alias("m@canary", 1, catalog=catalog)  # any change under the lock finishes it first
+    assert catalog.aliases("m") == {"canary": "1", "latest": "2", "prod": "2"}
+    assert not catalog.fs.exists(catalog._intent_path("m"))
+
+
+def test_an_intent_cut_short_before_the_rename_is_forgotten(catalog):
+    modelshard.push(W, "m", catalog=catalog)
+    catalog.fs.write_bytes(catalog._intent_path("m"), b'{"version": "2", "ali')
+    before = catalog.aliases("m")
+    assert modelshard.gc(older_than=0, catalog=catalog) == []
+    assert catalog.aliases("m") == before and not catalog.fs.exists(catalog._intent_path("m"))
