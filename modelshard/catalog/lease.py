@@ -10,7 +10,8 @@ acting on what it owns the owner calls :meth:`Lease.check`, which fails once its
 lapsed or the file is no longer its own.
 
 The guarantee holds while no owner stalls for longer than the duration (a suspended
-process, a clock jump): set it with ``$MODELSHARD_LEASE_SECONDS`` (default 60).
+process, a clock jump): set it with ``$MODELSHARD_LEASE_SECONDS`` (default 60). HDFS keeps
+modification times in whole seconds: a duration under about 3 s is not sound there.
 
 >>> lease = Lease.create(LocalFileSystem(), "/tmp/cat/models/m/.lock", duration=60.0)  # doctest: +SKIP
 >>> with lease:                                                        # doctest: +SKIP
@@ -28,7 +29,7 @@ import time
 import uuid
 
 from modelshard import safejson
-from modelshard.errors import ModelShardError, NotFoundError, StorageError
+from modelshard.errors import ModelShardError, NotFoundError, StorageError, UsageError
 from modelshard.fs import FileInfo, FileSystem
 
 ENV = "MODELSHARD_LEASE_SECONDS"
@@ -43,7 +44,7 @@ def default_duration() -> float:
     except ValueError:
         duration = -1.0
     if not duration > 0:
-        raise StorageError(f"${ENV}={text!r}: give the lease duration in seconds, e.g. 60")
+        raise UsageError(f"${ENV}={text!r}: give the lease duration in seconds, e.g. 60")
     return duration
 
 

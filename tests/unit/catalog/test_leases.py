@@ -190,3 +190,10 @@ def test_an_intent_cut_short_before_the_rename_is_forgotten(catalog):
     before = catalog.aliases("m")
     assert modelshard.gc(older_than=0, catalog=catalog) == []
     assert catalog.aliases("m") == before and not catalog.fs.exists(catalog._intent_path("m"))
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan"])
+def test_a_bad_lease_setting_is_a_usage_error(monkeypatch, catalog, value):
+    monkeypatch.setenv("MODELSHARD_LEASE_SECONDS", value)
+    with pytest.raises(UsageError, match="MODELSHARD_LEASE_SECONDS=.*give the lease duration in seconds"):
+        Catalog(catalog.uri)
