@@ -1,5 +1,6 @@
 """``kill -9`` of store operations at points spread over the whole operation (a subprocess
-each time, killed by its pid): a push and a copy commit whole or not at all, an alias move
+each time, killed by its pid): a push, a copy and a reshard (its job on the inline runner)
+commit whole or not at all, an alias move
 leaves the alias on one of its two targets; no kill damages a version committed before, the
 next operation works (a lock left by the dead waits out its lease), and ``gc`` clears what
 the dead left once their leases expired. ``tests/integration/test_faults_hdfs.py`` runs the
@@ -28,6 +29,8 @@ SCRIPTS = {
     "push": f"modelshard.push({STATE}, 'm', catalog=argv[1], shard_size=256 << 10, workers=1, aliases=['prod'])",
     "copy": "modelshard.placement.copy(f'm@{argv[3]}', argv[1], catalog=argv[2], workers=1)",
     "alias": "while True: [modelshard.alias('m@prod', v, catalog=argv[1]) for v in (1, 2)]",
+    "reshard": "from modelshard.jobs.resharding import reshard\n"
+               "reshard('m@1', shard_count=8, tasks=8, runner='inline', catalog=argv[1], aliases=['prod'])",
 }
 
 
@@ -74,11 +77,14 @@ def check_gc(cat: Catalog) -> None:
 
 def commit_trials(catalog: str, trials: int, *, operation: str = "push", source: str = "",
                   seed: int = 10) -> str:
-    """``trials`` pushes (or copies from ``source``: of version k + 3 in trial k, as a dead
-    copy's claim holds its version a lease long) killed at points spread over a whole one;
-    returns the figures."""
+    """``trials`` pushes (reshards of version 1, or copies from ``source``: of version k + 3
+    in trial k, as a dead copy's claim holds its version a lease long) killed at points
+    spread over a whole one; returns the figures."""
     def args(k: int) -> tuple[str, ...]:
-        return (catalog,) if operation == "push" else (catalog, source, str(k + 3))
+        return (catalog, source, str(k + 3)) if operation == "copy" else (catalog,)
+
+    if operation == "reshard":
+        finish(start("push", catalog))
 
     durations = []
     for k in (-2, -1):  # the quicker of two: a load spike must not push every kill past the end
@@ -108,7 +114,7 @@ def commit_trials(catalog: str, trials: int, *, operation: str = "push", source:
     check_gc(cat)
     assert check_aliases(cat) == versions
     return (f"kill -9 of {operation}: {trials} trials over {duration:.2f} s, {killed} killed while "
-            f"running, {len(versions) - 3} committed whole, 0 damaged")
+            f"running, {len(versions) - 3 - (operation == 'reshard')} committed whole, 0 damaged")
 
 
 def test_kill_9_anywhere_in_a_push(tmp_path):
@@ -121,6 +127,10 @@ def test_kill_9_anywhere_in_a_copy(tmp_path):
     for _ in range(23):
         modelshard.push(state, "m", catalog=source, shard_size=256 << 10)
     print(commit_trials(str(tmp_path / "catalog"), 20, operation="copy", source=source))
+
+
+def test_kill_9_anywhere_in_a_reshard(tmp_path):
+    print(commit_trials(str(tmp_path / "catalog"), 20, operation="reshard"))
 
 
 def test_kill_9_anywhere_in_alias_moves(tmp_path):
