@@ -35,7 +35,7 @@ $(VENV)/.pydoop: $(VENV)/.installed $(HADOOP_HOME)/.fetched bin/build-pydoop bin
 # All tests, unit and integration, against a cluster started here and stopped even when a
 # test fails. In CI (CI=true) an integration test that cannot reach the cluster fails.
 test: setup
-	$(CLUSTER) start && { $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; $(CLUSTER) stop; exit $$rc; } \
+	$(CLUSTER) start && { eval "$$($(CLUSTER) env)"; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; $(CLUSTER) stop; exit $$rc; } \
 	  || { rc=$$?; $(CLUSTER) stop; exit $$rc; }
 
 unit: venv
@@ -49,7 +49,7 @@ quickstart: venv
 
 # The foundation's smoke job on the bundled cluster: start it, run a word count on YARN, stop.
 smoke: setup
-	$(CLUSTER) start && { $(BIN)/python -m tests.jobs.smoke; rc=$$?; $(CLUSTER) stop; exit $$rc; } \
+	$(CLUSTER) start && { eval "$$($(CLUSTER) env)"; $(BIN)/python -m tests.jobs.smoke; rc=$$?; $(CLUSTER) stop; exit $$rc; } \
 	  || { rc=$$?; $(CLUSTER) stop; exit $$rc; }
 
 lint: venv

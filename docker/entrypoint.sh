@@ -3,7 +3,10 @@
 # stopped); the cluster is stopped, by pid, on the way out.
 set -euo pipefail
 cd /opt/modelshard
-bin/modelshard-cluster start
+# The nodes' mount namespaces need CAP_SYS_ADMIN (docker run --cap-add SYS_ADMIN); without it,
+# pass MODELSHARD_CLUSTER_FLAGS=--shared-host.
+# shellcheck disable=SC2086
+bin/modelshard-cluster start ${MODELSHARD_CLUSTER_FLAGS:-}
 trap 'bin/modelshard-cluster stop' EXIT
 if [[ ${1:-wait} == wait ]]; then
   trap 'exit 0' TERM INT

@@ -13,10 +13,10 @@ import json
 import logging
 import os
 import posixpath
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from modelshard.api import _catalog
@@ -28,11 +28,11 @@ from modelshard.catalog.manifest import Manifest, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
 from modelshard.errors import IntegrityError, StorageError, UsageError
 from modelshard.fs import FileSystem
+from modelshard.fs.hdfs import hadoop_conf_dir
 from modelshard.shards.format import CHUNK, sha256_of
 
 log = logging.getLogger(__name__)
 
-_CHECKOUT_CONF = Path(__file__).resolve().parents[1] / ".run" / "conf"
 _DEFAULT_HTTP_PORT = 9870
 
 
@@ -81,8 +81,9 @@ def access_stats(key: str, *, catalog: str | os.PathLike | Catalog | None = None
 # -- replication -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReplicationReport:
-    """What ``replicate`` changed: every shard it set (before and after, from ``stat``), the
-    live DataNodes it counted (None: unknown) and a warning if HDFS will under-replicate."""
+    """What ``replicate`` changed: every shard it set (factor before and after, and the
+    replicas HDFS holds of each block, with their hosts, counted from the block locations),
+    the live DataNodes it counted (None: unknown) and a warning if HDFS will under-replicate."""
 
     key: str
     replication: int
@@ -94,13 +95,14 @@ class ReplicationReport:
         return asdict(self)
 
 
-def replicate(key: str, *, replication: int, hot: bool = False, top: int | None = None,
-              catalog: str | os.PathLike | Catalog | None = None) -> ReplicationReport:
-    """Set the HDFS replication factor of a version's shards and check it with ``stat``.
-    ``hot=True`` only raises it, and only for the shards read most by the recorded access
-    statistics (``top`` of them; None: every shard read at least once). A factor above the
-    number of live DataNodes is set, as HDFS allows, with a warning: the blocks stay
-    under-replicated until enough DataNodes join::
+def replicate(key: str, *, replication: int, hot: bool = False, top: int | None = None, wait: bool = True,
+              timeout: float = 300.0, catalog: str | os.PathLike | Catalog | None = None) -> ReplicationReport:
+    """Set the HDFS replication factor of a version's shards and wait until HDFS holds that
+    many replicas of every block, counted from the block locations (not read back from the
+    factor, which HDFS accepts at once). ``hot=True`` only raises it, and only for the shards
+    read most by the recorded access statistics (``top`` of them; None: every shard read at
+    least once). A factor above the live DataNodes is refused before anything changes; with
+    ``wait=False`` it is set, as HDFS allows, with a warning, and nothing is waited for::
 
         replicate("bert@prod", replication=3)
         replicate("bert@prod", replication=5, hot=True, top=4)
@@ -130,9 +132,14 @@ def replicate(key: str, *, replication: int, hot: bool = False, top: int | None 
     live = live_datanodes(fs)
     warning = None
     if live is not None and replication > live:
-        warning = (f"replication {replication} is more than the {live} live DataNode(s): HDFS "
-                   f"keeps at most {live} cop{'y' if live == 1 else 'ies'} of each block, and "
-                   "the blocks stay under-replicated until more DataNodes join")
+        copies = f"{live} cop{'y' if live == 1 else 'ies'}"
+        if wait:
+            raise UsageError(f"replicate {name}@{version} --replication {replication}: only {live} DataNode(s) "
+                             f"are live, so HDFS can keep at most {copies} of a block; nothing was changed. Ask "
+                             f"for at most {live}, start more DataNodes, or pass --no-wait to set the factor "
+                             "now and let HDFS copy when DataNodes join")
+        warning = (f"replication {replication} is more than the {live} live DataNode(s): HDFS keeps at most "
+                   f"{copies} of each block, and the blocks stay under-replicated until more DataNodes join")
         log.warning("%s@%s: %s", name, version, warning)
     changed = []
     for s in chosen:
@@ -146,7 +153,32 @@ def replicate(key: str, *, replication: int, hot: bool = False, top: int | None 
             raise StorageError(f"{fs.uri(path)}: replication is {after} after asking for "
                                f"{replication}; check dfs.replication.max on the NameNode")
         changed.append({"path": s.path, "before": before, "after": after})
+    blocks = _wait_for_replicas(fs, [posixpath.join(vdir, c["path"]) for c in changed], replication,
+                                timeout=timeout if wait else None)
+    for c, hosts in zip(changed, blocks, strict=True):
+        c.update(replicas=[len(h) for h in hosts], hosts=hosts)
     return ReplicationReport(f"{name}@{version}", replication, changed, live, warning)
+
+
+def _wait_for_replicas(fs: FileSystem, paths: list[str], replication: int, *, timeout: float | None
+                       ) -> list[list[list[str]]]:
+    """The hosts of each block of each file, once every block has exactly ``replication``
+    replicas (HDFS copies new ones and drops extra ones in the background); ``timeout=None``:
+    as they are now."""
+    deadline = time.monotonic() + (timeout or 0)
+    while True:
+        blocks = [[sorted(b.hosts) for b in fs.block_hosts(p)] for p in paths]
+        short = [(p, i, len(h)) for p, file_blocks in zip(paths, blocks, strict=True)
+                 for i, h in enumerate(file_blocks) if len(h) != replication]
+        if timeout is None or not short:
+            return blocks
+        if time.monotonic() >= deadline:
+            path, i, n = short[0]
+            raise StorageError(f"{fs.uri(path)}: replication is set to {replication}, but after {timeout:.0f} s "
+                               f"block {i} still has {n} replica(s) ({len(short)} block(s) of {len(paths)} "
+                               "shard(s) are not there yet); HDFS keeps copying: run the same command again "
+                               "to wait, and see 'hdfs fsck PATH -files -blocks -locations'")
+        time.sleep(0.5)
 
 
 def live_datanodes(fs: FileSystem) -> int | None:
@@ -166,11 +198,11 @@ def live_datanodes(fs: FileSystem) -> int | None:
 
 
 def _http_address(host: str) -> str:
-    """``dfs.namenode.http-address`` from $HADOOP_CONF_DIR (else this checkout's cluster
-    configuration), with a wildcard host replaced by the NameNode's; else ``host:9870``."""
-    conf = Path(os.environ.get("HADOOP_CONF_DIR") or _CHECKOUT_CONF) / "hdfs-site.xml"
+    """``dfs.namenode.http-address`` of the Hadoop configuration, with a wildcard host
+    replaced by the NameNode's; else ``host:9870``."""
+    conf_dir = hadoop_conf_dir()
     with contextlib.suppress(OSError, ET.ParseError):
-        for prop in ET.parse(conf).getroot().iter("property"):
+        for prop in ET.parse(conf_dir / "hdfs-site.xml").getroot().iter("property") if conf_dir else ():
             if prop.findtext("name") == "dfs.namenode.http-address":
                 value = (prop.findtext("value") or "").strip()
                 there, _, port = value.rpartition(":")

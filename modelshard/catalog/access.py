@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from modelshard import safejson
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import ModelShardError, NotFoundError
+from modelshard.fs.locality import this_host
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class AccessTotals:
 def record(catalog: Catalog, name: str, version: str, *, reads: Mapping[str, int],
            local: int, remote: int) -> None:
     """Add one session's counts to the version's log."""
-    doc = {"time": time.time(), "host": socket.gethostname(), "reads": dict(reads),
+    doc = {"time": time.time(), "host": this_host(), "reads": dict(reads),
            "local": local, "remote": remote}
     path = posixpath.join(stats_dir(catalog, name, version),
                           f"{time.time_ns()}-{uuid.uuid4().hex}.json")

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                 ("--reduce-memory-mb", None, "reduce container memory"),
                                 ("--io-sort-mb", None, "map-side sort buffer")):
         job.add_argument(flag, default=default, help=f"{what} (job XML; default from the template)")
+    job.add_argument("--python-archive", metavar="URI",
+                     help="hdfs:// URI of a ready task environment (a tar with bin/python at its root, e.g. "
+                          "from conda-pack) instead of the one packed from this Python; default "
+                          "$MODELSHARD_PYTHON_ARCHIVE")
+    job.add_argument("--no-mrjob-conf", dest="mrjob_conf", action="store_false",
+                     help="ignore the site mrjob.conf ($MRJOB_CONF, ~/.mrjob.conf, /etc/mrjob.conf)")
     trust = argparse.ArgumentParser(add_help=False)
     trust.add_argument("--trust-code", action="store_true",
                        help="build a model factory that is not registered: imports and runs the "
@@ -88,8 +94,8 @@ def _job_args(args: argparse.Namespace) -> dict:
     options = {name: getattr(args, name) for name in
                ("queue", "am_memory_mb", "map_memory_mb", "reduce_memory_mb", "io_sort_mb")
                if getattr(args, name) is not None}
-    return {"runner": args.runner, "catalog": args.catalog, "overrides": overrides,
-            "job_options": options, "echo": _echo}
+    return {"runner": args.runner, "catalog": args.catalog, "overrides": overrides, "job_options": options,
+            "python_archive": args.python_archive, "mrjob_conf": args.mrjob_conf, "echo": _echo}
 
 
 def parse_spec(text: str) -> ModelSpec:

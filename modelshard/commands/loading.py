@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="only raise it, for the most-read shards (see 'modelshard stats')")
     p.add_argument("--top", type=int, metavar="K",
                    help="with --hot: the K most-read shards (default: every shard read)")
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="set the factor and return; do not wait for HDFS to copy the replicas")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long to wait for the replicas (default 300)")
 
     p = command("copy", _copy, "copy a version to another catalog, verified, atomically")
     p.add_argument("dest", help="the destination catalog (local path or hdfs://...)")
@@ -111,11 +115,13 @@ def _stats(args: argparse.Namespace) -> Output:
 
 def _replicate(args: argparse.Namespace) -> Output:
     r = placement.replicate(args.key, replication=args.replication, hot=args.hot, top=args.top,
-                            catalog=args.catalog)
+                            wait=args.wait, timeout=args.timeout, catalog=args.catalog)
     if r.warning:
         print(f"modelshard replicate: warning: {r.warning}", file=sys.stderr)
     lines = [f"{r.key}: {len(r.shards)} shards set to replication {r.replication}"]
-    lines += [f"  {s['path']}: {s['before']} -> {s['after']}" for s in r.shards]
+    lines += [f"  {s['path']}: {s['before']} -> {s['after']}; replicas per block "
+              f"{','.join(map(str, s['replicas']))} on {','.join(sorted({h for b in s['hosts'] for h in b}))}"
+              for s in r.shards]
     return Output(r.to_dict(), "\n".join(lines))
 
 

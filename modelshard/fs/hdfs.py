@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import posixpath
+import shutil
 import threading
 import time
 import uuid
@@ -32,14 +33,43 @@ from modelshard.errors import AlreadyExistsError, ModelShardError, NotFoundError
 from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
 
 _DEFAULT_PORT = 8020  # the NameNode RPC port when a URI names none, as in Hadoop
-_REPO_HADOOP_HOME = Path(__file__).resolve().parents[2] / ".hadoop"
+# The Java 17 flags that Hadoop's own launch scripts add, for the JVM that libhdfs starts
+# inside this process (tasks on YARN get no hadoop-env.sh of the submitter's).
+_JAVA17_OPENS = " ".join(f"--add-opens=java.base/{pkg}=ALL-UNNAMED" for pkg in (
+    "java.lang", "java.lang.reflect", "java.io", "java.net", "java.nio", "java.util", "java.util.concurrent",
+    "java.util.zip", "java.text", "java.math", "sun.nio.ch", "sun.net.util", "sun.security.util",
+    "sun.security.x509"))
+
+
+def hadoop_home() -> Path | None:
+    """``$HADOOP_HOME``, else the install whose ``bin/hadoop`` is on ``PATH``, else None."""
+    if home := os.environ.get("HADOOP_HOME"):
+        return Path(home)
+    if found := shutil.which("hadoop"):
+        return Path(found).resolve().parent.parent
+    return None
+
+
+def hadoop_conf_dir() -> Path | None:
+    """``$HADOOP_CONF_DIR``, else ``$HADOOP_HOME/etc/hadoop``, else ``/etc/hadoop/conf``."""
+    if conf := os.environ.get("HADOOP_CONF_DIR"):
+        return Path(conf)
+    home = hadoop_home()
+    for candidate in ([home / "etc" / "hadoop"] if home else []) + [Path("/etc/hadoop/conf")]:
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def _pydoop_hdfs() -> ModuleType:
-    """Import ``pydoop.hdfs``, pointing it at the project's Hadoop unless HADOOP_HOME is set."""
-    if "HADOOP_HOME" not in os.environ and (_REPO_HADOOP_HOME / "bin" / "hadoop").exists():
-        # pydoop finds `hadoop` through HADOOP_HOME (see bin/pydoop-2.0.0.patch).
-        os.environ["HADOOP_HOME"] = str(_REPO_HADOOP_HOME)
+    """Import ``pydoop.hdfs`` with the Hadoop that :func:`hadoop_home` finds."""
+    home = hadoop_home()
+    if home is None:
+        raise ModelShardError("HDFS needs a Hadoop install: set HADOOP_HOME (and HADOOP_CONF_DIR), or put "
+                              "your Hadoop's bin/ on PATH")
+    # pydoop finds `hadoop` through HADOOP_HOME (see bin/pydoop-2.0.0.patch).
+    os.environ.setdefault("HADOOP_HOME", str(home))
+    os.environ.setdefault("LIBHDFS_OPTS", f"{_JAVA17_OPENS} -Xmx512m")
     try:
         import pydoop.hdfs
     except ImportError as e:

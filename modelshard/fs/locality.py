@@ -1,7 +1,7 @@
-"""Is a replica of a file on this machine? HDFS names a block's hosts by the address or name
-its DataNode registered with: on a pseudo-distributed cluster that is ``127.0.0.1``, on a
-real one the node's name or IP. A file counts as local when every block has a replica on one
-of this machine's names.
+"""Is a replica of a file on this host? HDFS names a block's hosts by the address or name its
+DataNode registered with (the node's name or IP; on the bundled cluster each node's own
+loopback address, 127.0.0.2 and up). A file counts as local when every block has a replica
+on one of this host's names.
 
 >>> "127.0.0.1" in host_names()
 True
@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import socket
 
 from modelshard.errors import ModelShardError
 from modelshard.fs.base import FileSystem
 
 
+def this_host() -> str:
+    """The host this process runs on as the cluster names it: inside a YARN container its
+    NodeManager's host (``NM_HOST``), else this machine's name."""
+    return os.environ.get("NM_HOST") or socket.gethostname()
+
+
 @functools.cache
 def host_names() -> frozenset[str]:
-    """Every name and address this machine answers to (looked up once per process)."""
-    names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+    """Every name and address this host answers to (looked up once per process). Inside a
+    YARN container that is its node's (``NM_HOST``), which need not be the machine's own:
+    several nodes may share a machine, each with an address of its own."""
+    names = ({os.environ["NM_HOST"]} if os.environ.get("NM_HOST")
+             else {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()})
     for name in list(names):
         with contextlib.suppress(OSError):  # an unresolvable host name still counts by name
             names.update(info[4][0] for info in socket.getaddrinfo(name, None))

@@ -1,4 +1,5 @@
-"""Job XML configs: rendered from the Jinja templates in ``templates/`` and handed to
+"""Job XML configs: rendered from the Jinja templates in ``templates/`` (installed as
+``modelshard/jobs/templates``) and handed to
 Hadoop as ``-D`` properties (mrjob's jobconf), so memory, queue, reducers and job name come
 from them, and ``-D key=value`` given by the user still wins.
 
@@ -23,9 +24,9 @@ JOBS = ("train", "predict", "reshard")
 
 
 def templates_dir() -> Path:
-    """``$MODELSHARD_TEMPLATES``, else ``templates/`` of the checkout."""
+    """``$MODELSHARD_TEMPLATES``, else the templates installed with modelshard."""
     env = os.environ.get("MODELSHARD_TEMPLATES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "templates"
+    return Path(env) if env else Path(__file__).resolve().parent / "templates"
 
 
 def _environment() -> jinja2.Environment:

@@ -95,6 +95,10 @@ def run_job(
     inputs: Sequence[str],
     output_dir: str | None,
     jobconf: dict[str, str],
+    catalog: str,
+    flavour: str = "full",
+    python_archive: str | None = None,
+    mrjob_conf: bool = True,
     overrides: dict[str, str] | None = None,
     echo: Callable[[str], object] | None = None,
     keep: Callable[[bytes], bool] | None = None,
@@ -102,10 +106,14 @@ def run_job(
     """Run ``job_class`` and return its parsed output and counters.
 
     ``jobconf`` is the rendered job XML; ``overrides`` are the user's ``-D key=value``.
+    ``catalog``, ``flavour`` and ``python_archive`` choose the tasks' environment on YARN
+    (see :func:`~modelshard.jobs.hadoop.runner_args`); ``mrjob_conf=False`` ignores the site
+    ``mrjob.conf`` ($MRJOB_CONF, ~/.mrjob.conf, /etc/mrjob.conf).
     ``echo`` receives progress lines (application id, tracking URL, map/reduce progress).
     ``keep``: parse only the output lines it accepts (a large output is not decoded whole).
     """
-    args = [*runner_args(runner), "--no-conf", *jobconf_args(jobconf, overrides)]
+    args = [*runner_args(runner, catalog=catalog, flavour=flavour, python_archive=python_archive, echo=echo),
+            *([] if mrjob_conf else ["--no-conf"]), *jobconf_args(jobconf, overrides)]
     if output_dir:
         args += ["--output-dir", output_dir]
     job = job_class([*args, *inputs])

@@ -12,6 +12,7 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.errors import AlreadyExistsError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import input_files, job_path, run_job
 from modelshard.jobs.modelio import model_spec
 from modelshard.jobs.records import check_format
@@ -45,6 +46,8 @@ def predict(
     budget_bytes: int | None = None,
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
+    python_archive: str | None = None,
+    mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
     trust_code: bool = False,
 ) -> PredictResult:
@@ -57,6 +60,7 @@ def predict(
     """
     check_format(fmt)
     cat = Catalog(catalog)
+    check_catalog(runner, cat.uri)
     name, version = cat.resolve(key)
     model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
     model_spec(cat, model, trust_code=trust_code)
@@ -70,7 +74,8 @@ def predict(
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
         "trust_code": trust_code, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
-                  jobconf=parse_job_xml(xml), overrides=overrides, echo=echo,
+                  jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
+                  mrjob_conf=mrjob_conf, overrides=overrides, echo=echo,
                   keep=lambda line: line.startswith(b"null\t"))  # only bad records are read back
     counts = job.counters.get("modelshard", {})
     bad = [v for k, v in job.output if k is None]

@@ -16,6 +16,7 @@ from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import run_job
 from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_inputs
 from modelshard.shards.format import Written
@@ -34,6 +35,8 @@ def reshard(
     aliases: Sequence[str] = (),
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
+    python_archive: str | None = None,
+    mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
 ) -> Manifest:
     """Write ``key`` as a new version of the same model with new shards; bit-exact unless
@@ -44,13 +47,14 @@ def reshard(
     With ``shard_count`` the size is the total over the count, but at least 1 MiB.
     """
     cat = Catalog(catalog)
+    check_catalog(runner, cat.uri)
     name, version = cat.resolve(key)
     source = cat.manifest(name, version)
     size, plans = plan_reshard(source, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
 
     def stage(new_version: str, staging: str) -> Manifest:
         # The plans go where the runner reads: HDFS for YARN (no upload), else a local folder.
-        fs, scratch = get_fs(f"hdfs:///tmp/modelshard-jobs/{uuid.uuid4().hex}" if runner == "hadoop"
+        fs, scratch = get_fs(cat.fs.uri(f"/tmp/modelshard-jobs/{uuid.uuid4().hex}") if runner == "hadoop"
                              else tempfile.mkdtemp(prefix="modelshard-reshard-"))
         try:
             inputs = task_inputs(plans, fs, scratch, tasks=tasks)
@@ -58,8 +62,10 @@ def reshard(
                 "job_name": f"modelshard-reshard {name}@{version}", "num_maps": len(inputs), "num_reduces": 0,
                 "catalog": cat.uri, "model": f"{name}@{version}", "input": "", "output": "",
                 "shard_size": size, "dtype": dtype or "", "staging": cat.fs.uri(staging), **(job_options or {})})
-            job = run_job(MRReshard, runner=runner, inputs=inputs, output_dir=None,
-                          jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+            # Resharding tasks never import torch: the slim environment spares the nodes its gigabytes.
+            job = run_job(MRReshard, runner=runner, inputs=inputs, output_dir=None, jobconf=parse_job_xml(xml),
+                          catalog=cat.uri, flavour="slim", python_archive=python_archive,
+                          mrjob_conf=mrjob_conf, overrides=overrides, echo=echo)
         finally:
             fs.delete(scratch, recursive=True)
         reports = dict(job.output)

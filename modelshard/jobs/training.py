@@ -21,6 +21,7 @@ from modelshard.catalog.keys import LATEST, parse_key
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import NotFoundError, UsageError
 from modelshard.jobs.config import parse_job_xml, render_job_xml
+from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import input_files, run_job
 from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
@@ -78,6 +79,8 @@ def train(
     out_dir: str | os.PathLike | None = None,
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
+    python_archive: str | None = None,
+    mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
     trust_code: bool = False,
 ) -> TrainResult:
@@ -95,6 +98,7 @@ def train(
     if num_reduces < 1:
         raise UsageError(f"num_reduces={num_reduces}: training needs at least one reducer")
     cat = Catalog(catalog)
+    check_catalog(runner, cat.uri)
     name = parse_key(key).name
     files = input_files(data)
     try:
@@ -121,8 +125,9 @@ def train(
                 "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
                 "batch_size": batch_size, "seed": epoch * 1000, "staging": cat.fs.uri(staging),
                 "trust_code": trust_code, **(job_options or {})})
-            job = run_job(MRTrain, runner=runner, inputs=files, output_dir=None,
-                          jobconf=parse_job_xml(xml), overrides=overrides, echo=echo)
+            job = run_job(MRTrain, runner=runner, inputs=files, output_dir=None, jobconf=parse_job_xml(xml),
+                          catalog=cat.uri, python_archive=python_archive, mrjob_conf=mrjob_conf,
+                          overrides=overrides, echo=echo)
             reports = [v for k, v in job.output if k == ["shard"]]
             sums = next((v for k, v in job.output if k == ["metrics"]), None)
             if sums is None or not reports:

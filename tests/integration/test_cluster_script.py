@@ -20,7 +20,8 @@ def run(*args, env=None):
 def test_status_lists_every_daemon():
     out = run("status")
     assert out.returncode == 0, out.stdout + out.stderr
-    for daemon in ("namenode", "datanode1", "resourcemanager", "nodemanager", "historyserver"):
+    for daemon in ("namenode", "datanode1", "datanode2", "datanode3", "resourcemanager", "nodemanager1",
+                   "nodemanager2", "historyserver"):
         assert f"{daemon} running (pid " in out.stdout
 
 
@@ -36,7 +37,7 @@ def test_start_with_ports_taken_names_port_and_daemon(tmp_path):
     env = {**os.environ, "MODELSHARD_RUN": str(tmp_path / "run")}
     out = run("start", env=env)
     assert out.returncode != 0
-    assert "port 9000, needed by the namenode, is already in use" in out.stderr
+    assert "port 9000, needed by the master daemons, is already in use" in out.stderr
     assert not (tmp_path / "run" / "pids").exists() or not list((tmp_path / "run" / "pids").iterdir())
 
 

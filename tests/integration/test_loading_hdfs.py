@@ -51,11 +51,12 @@ def test_partial_loads_read_only_the_tensors_and_headers(hdfs_model):
     assert s.range_bytes - needed < 1024 * len(s.reads)  # headers only, a few hundred bytes
     assert s.range_bytes <= 1.05 * needed + 1024 * len(s.reads)
     assert s.sources == {"range": len(s.reads)}
-    assert s.local_shards == len(s.reads) and s.remote_shards == 0  # DataNode on 127.0.0.1
+    # The submitter (127.0.0.1) is no DataNode host: every replica is on another node.
+    assert s.local_shards == 0 and s.remote_shards == len(s.reads)
     assert np.array_equal(rows, state["embed"][pieces[0].rows[1] - 3:pieces[0].rows[1] + 3])
     assert fs.bytes_read == rows.nbytes  # both shards' headers were checked already
     totals = access.totals(Catalog(uri), "m", m.version)
-    assert totals.sessions == 1 and totals.local == s.local_shards and totals.remote == 0
+    assert totals.sessions == 1 and totals.local == 0 and totals.remote == s.remote_shards
 
 
 def test_preload_from_hdfs_then_load_locally_and_verify(hdfs_model, tmp_path):
@@ -69,22 +70,51 @@ def test_preload_from_hdfs_then_load_locally_and_verify(hdfs_model, tmp_path):
         assert_same(h.load_state_dict(framework="torch"), state)
         sched = h.stats().scheduler
         assert sched.peak_bytes_held <= 2 * m.shard_size
-        assert sched.local_reads == len(m.shards) and sched.remote_reads == 0
+        assert sched.local_reads == 0 and sched.remote_reads == len(m.shards)
 
 
-def test_replicate_sets_and_checks_the_factor_and_warns_beyond_the_datanodes(hdfs_model, caplog):
+def replicas(cat, m):
+    """The replicas HDFS holds of each block of each shard, from the block locations."""
+    vdir = cat.version_dir("m", m.version)
+    return [[len(b.hosts) for b in cat.fs.block_hosts(f"{vdir}/{s.path}")] for s in m.shards]
+
+
+def test_replicate_waits_for_the_replicas_on_distinct_hosts(hdfs_model):
     uri, _, m = hdfs_model
     cat = Catalog(uri)
-    assert placement.live_datanodes(cat.fs) == 1
-    with caplog.at_level(logging.WARNING, logger="modelshard.placement"):
-        r = placement.replicate("m", replication=2, catalog=uri)
-    assert "more than the 1 live DataNode" in r.warning and "under-replicated" in caplog.text
+    assert placement.live_datanodes(cat.fs) == 3
+    assert {n for shard in replicas(cat, m) for n in shard} == {3}  # dfs.replication 3 on 3 DataNodes
+    r = placement.replicate("m", replication=1, catalog=uri)
+    assert {(s["before"], s["after"]) for s in r.shards} == {(3, 1)}
+    assert all(s["replicas"] == [1] * len(s["replicas"]) for s in r.shards)
+    assert {n for shard in replicas(cat, m) for n in shard} == {1}  # counted, not the factor read back
+    r = placement.replicate("m", replication=2, catalog=uri)
+    for s in r.shards:
+        assert s["replicas"] == [2] * len(s["hosts"])
+        assert all(len(set(hosts)) == 2 and set(hosts) <= {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+                   for hosts in s["hosts"])
+    assert {n for shard in replicas(cat, m) for n in shard} == {2}
+
+
+def test_replicate_beyond_the_live_datanodes_is_refused_and_changes_nothing(hdfs_model, caplog):
+    uri, _, m = hdfs_model
+    cat = Catalog(uri)
+    with pytest.raises(UsageError, match="only 3 DataNode.*nothing was changed"):
+        placement.replicate("m", replication=4, catalog=uri)
     vdir = cat.version_dir("m", m.version)
-    assert [cat.fs.stat(f"{vdir}/{s.path}").replication for s in m.shards] == [2] * len(m.shards)
-    assert {(s["before"], s["after"]) for s in r.shards} == {(1, 2)}
-    placement.replicate("m", replication=1, catalog=uri)
+    assert {cat.fs.stat(f"{vdir}/{s.path}").replication for s in m.shards} == {3}
+    with caplog.at_level(logging.WARNING, logger="modelshard.placement"):
+        r = placement.replicate("m", replication=4, wait=False, catalog=uri)
+    assert "more than the 3 live DataNode" in r.warning and "under-replicated" in caplog.text
+    assert {s["after"] for s in r.shards} == {4} and {n for s in r.shards for n in s["replicas"]} == {3}
     with pytest.raises(UsageError, match="at least 1"):
         placement.replicate("m", replication=0, catalog=uri)
+
+
+def test_replicate_hot_moves_only_the_hot_shards(hdfs_model):
+    uri, _, m = hdfs_model
+    cat = Catalog(uri)
+    placement.replicate("m", replication=1, catalog=uri)
     with pytest.raises(UsageError, match="no access statistics"):
         placement.replicate("m", replication=3, hot=True, catalog=uri)
     hot = m.tensors["block.7.w"].pieces[0].shard
@@ -92,10 +122,44 @@ def test_replicate_sets_and_checks_the_factor_and_warns_beyond_the_datanodes(hdf
         modelshard.load("m", catalog=uri, names=["block.7.w"])
     modelshard.load("m", catalog=uri, names=["block.20.w"])
     r = placement.replicate("m", replication=3, hot=True, top=1, catalog=uri)
-    assert [s["path"] for s in r.shards] == [hot]
+    assert [s["path"] for s in r.shards] == [hot] and r.shards[0]["replicas"] == [3]
     stats = placement.access_stats("m", catalog=uri)
     assert stats.shards[0].path == hot and stats.shards[0].replication == 3
     assert {s.replication for s in stats.shards[1:]} == {1}
+    assert sorted(n for shard in replicas(cat, m) for n in shard) == [1] * (len(m.shards) - 1) + [3]
+
+
+def test_locality_is_the_tasks_host(hdfs_model, monkeypatch):
+    """Inside a YARN container the node's host (NM_HOST) decides what is local: the same
+    replica is local on its DataNode's host and remote on another."""
+    from modelshard.fs import locality
+
+    uri, _, m = hdfs_model
+    cat = Catalog(uri)
+    placement.replicate("m", replication=1, catalog=uri)
+    path = f"{cat.version_dir('m', m.version)}/{m.tensors['block.0.w'].pieces[0].shard}"
+    (holder,) = cat.fs.block_hosts(path)[0].hosts
+    elsewhere = next(h for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4") if h != holder)
+    seen = {}
+    for host in (holder, elsewhere):
+        monkeypatch.setenv("NM_HOST", host)
+        locality.host_names.cache_clear()
+        seen[host] = locality.replica_is_local(cat.fs, path)
+        with modelshard.open("m", catalog=uri) as h:
+            h.get("block.0.w")
+            seen[host, "stats"] = (h.stats().local_shards, h.stats().remote_shards)
+    locality.host_names.cache_clear()
+    assert seen[holder] is True and seen[elsewhere] is False
+    assert seen[holder, "stats"] == (1, 0) and seen[elsewhere, "stats"] == (0, 1)
+    hosts = {s["host"]: (s["local"], s["remote"]) for s in _sessions(cat, m)}
+    assert hosts == {holder: (1, 0), elsewhere: (0, 1)}
+
+
+def _sessions(cat, m):
+    import json
+
+    folder = access.stats_dir(cat, "m", m.version)
+    return [json.loads(cat.fs.read_bytes(i.path)) for i in cat.fs.ls(folder)]
 
 
 def test_copy_between_hdfs_and_local_catalogs(hdfs_model, hdfs_root, tmp_path):

@@ -21,7 +21,7 @@ def run_smoke(
     runner: str, input_uri: str, output_uri: str | None = None
 ) -> tuple[dict[str, int], str | None]:
     """Word counts of ``input_uri`` and the YARN application id (None off YARN)."""
-    args = [*runner_args(runner), "--no-conf", input_uri]
+    args = [*runner_args(runner, catalog=input_uri, flavour="slim"), input_uri]
     if output_uri:
         args += ["--output-dir", output_uri]
     job = MRSmoke(args)

@@ -79,3 +79,15 @@ def test_tasks_load_through_the_preload_cache_under_a_budget(tmp_path, model, di
     assert counters["model shards via scheduler"] >= 1 and counters["records"] == 20
     assert counters["preload cache hits"] + counters["preload cache misses"] >= 1
     assert list((tmp_path / "cache").rglob("*")), "the shards were preloaded into the cache"
+
+
+def test_the_site_mrjob_conf_is_honoured_unless_declined(tmp_path, model, monkeypatch):
+    cat, key = model
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "x": [0]}\n')
+    conf = tmp_path / "mrjob.conf"
+    conf.write_text(f"runners:\n  inline:\n    local_tmp_dir: {tmp_path / 'site-tmp'}\n")
+    monkeypatch.setenv("MRJOB_CONF", str(conf))
+    predict(key, str(tmp_path / "in.jsonl"), str(tmp_path / "declined"), catalog=cat, mrjob_conf=False)
+    assert not (tmp_path / "site-tmp").exists()
+    predict(key, str(tmp_path / "in.jsonl"), str(tmp_path / "out"), catalog=cat)
+    assert (tmp_path / "site-tmp").is_dir()  # mrjob put its working folder where the site said

@@ -1,0 +1,116 @@
+"""Helpers for tests that act on the bundled cluster: stop and start one daemon (through the
+cluster script, by pid), run a job in the background, and ask YARN and the MapReduce
+ApplicationMaster (through the ResourceManager's proxy) what its tasks are doing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "bin" / "modelshard-cluster"
+RM = "http://127.0.0.1:8088"
+JHS = "http://127.0.0.1:19888"
+
+
+def cluster(*args: str, timeout: float = 240) -> str:
+    out = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"modelshard-cluster {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def hadoop(*args: str, timeout: float = 120) -> str:
+    """``bin/hadoop ARGS`` (e.g. ``job -kill-task ID``); its stdout and stderr."""
+    out = subprocess.run([str(ROOT / "bin" / "hadoop"), *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"hadoop {' '.join(args)}: {out.stderr}"
+    return out.stdout + out.stderr
+
+
+@contextlib.contextmanager
+def daemon_stopped_later() -> Iterator[Callable[[str], None]]:
+    """``stop(name)`` stops a DataNode or NodeManager; every daemon stopped is started again
+    (and waited for) when the block ends, so that later tests find the whole cluster."""
+    stopped: list[str] = []
+
+    def stop(name: str) -> None:
+        cluster("stop-daemon", name)
+        stopped.append(name)
+
+    try:
+        yield stop
+    finally:
+        for name in stopped:
+            cluster("start-daemon", name)
+
+
+def get_json(url: str) -> dict:
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - the local cluster's REST APIs
+        return json.load(r)
+
+
+def _listed(items: list | dict | None) -> list:
+    """The JobHistoryServer writes a list of one as the item itself."""
+    return [items] if isinstance(items, dict) else items or []
+
+
+class BackgroundJob:
+    """Runs ``fn(echo=...)`` in a thread; ``app_id`` appears once YARN accepted the job."""
+
+    def __init__(self, fn: Callable[..., object]) -> None:
+        self.app_id: str | None = None
+        self.result: object = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _echo(self, line: str) -> None:
+        if m := re.search(r"Submitted application (application_\d+_\d+)", line):
+            self.app_id = m.group(1)
+
+    def _run(self, fn: Callable[..., object]) -> None:
+        try:
+            self.result = fn(echo=self._echo)
+        except BaseException as e:  # handed to the test in join()
+            self.error = e
+
+    def join(self, timeout: float = 600) -> object:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the job did not finish in time"
+        if self.error:
+            raise self.error
+        return self.result
+
+    def attempts(self) -> list[dict]:
+        """Every task attempt with its state and node: from the ApplicationMaster while the
+        job runs, from the JobHistoryServer once it has finished."""
+        job = self.app_id.replace("application_", "job_")
+        base = f"{JHS}/ws/v1/history/mapreduce/jobs/{job}" if self._thread.ident and not self._thread.is_alive() \
+            else f"{RM}/proxy/{self.app_id}/ws/v1/mapreduce/jobs/{job}"
+        found = []
+        for task in _listed(get_json(f"{base}/tasks")["tasks"]["task"]):
+            found += _listed(get_json(f"{base}/tasks/{task['id']}/attempts")["taskAttempts"]["taskAttempt"])
+        return found
+
+    def wait_for_running_maps(self, n: int, timeout: float = 300) -> list[dict]:
+        """The attempts once ``n`` map attempts run (their containers started)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._thread.is_alive() or self.error is None, self.error
+            if self.app_id:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    running = [a for a in self.attempts() if a["state"] == "RUNNING" and a["type"] == "MAP"]
+                    if len(running) >= n:
+                        return running
+            time.sleep(0.5)
+        raise AssertionError(f"{n} map attempt(s) of {self.app_id} were not running after {timeout} s")
+
+    def am_host(self) -> str:
+        return get_json(f"{RM}/ws/v1/cluster/apps/{self.app_id}")["app"]["amHostHttpAddress"].split(":")[0]
