@@ -127,7 +127,7 @@ def test_tasks_check_the_trust_property_themselves(tmp_path, records, trust):
 
     def run() -> list:
         return run_job(MRPredict, runner="inline", inputs=[records], output_dir=str(tmp_path / "out"),
-                       jobconf=parse_job_xml(xml)).output
+                       jobconf=parse_job_xml(xml), catalog=cat).output
 
     if not trust:
         with pytest.raises(ModelShardError, match="not registered"):
