@@ -83,7 +83,10 @@ def crash_at(monkeypatch, point: str, catalog: Catalog):
     """Make the push die at ``point`` without cleaning up, like a killed process: its staging
     folder stays, and so does its claim, no longer renewed."""
     monkeypatch.setattr(commit, "_abandon", lambda *a: None)
-    monkeypatch.setattr(Lease, "release", lambda lease: lease._stop.set())
+    real_release = Lease.release
+    # Every point is outside the model's lock, whose release stays real.
+    monkeypatch.setattr(Lease, "release", lambda lease: lease._stop.set() if "/.claims/" in lease.path
+                        else real_release(lease))
 
     def die(*args, **kwargs):
         raise Crash(point)
