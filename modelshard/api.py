@@ -166,12 +166,15 @@ def verify(key: str, *, catalog: str | Catalog | None = None, workers: int = DEF
     return _info(cat, m, cat.aliases(name))
 
 
-def rm(key: str, *, confirm: bool = False, catalog: str | Catalog | None = None) -> None:
+def rm(key: str, *, confirm: bool = False, move_aliases_to: str | int | None = None,
+       drop_aliases: bool = False, catalog: str | Catalog | None = None) -> None:
     """Remove ``name@version``, or with a bare ``name`` the whole model; ``confirm=True`` is
-    required. A version that a user alias points at is kept until the alias moves; ``latest``
-    falls back to the newest remaining version::
+    required. A version that a user alias points at is refused unless ``move_aliases_to`` (a
+    version or alias) or ``drop_aliases=True`` says what becomes of those aliases; ``latest``
+    falls back to the highest remaining version. Numbers of removed versions are never
+    given out again::
 
-        rm("bert@1", confirm=True)
+        rm("bert@1", confirm=True, move_aliases_to=2)
     """
     k = parse_key(key)
     if k.ref is not None and not k.is_version:
@@ -179,11 +182,15 @@ def rm(key: str, *, confirm: bool = False, catalog: str | Catalog | None = None)
                          f"model (rm {k.name}), not an alias")
     if confirm is not True:
         raise UsageError(f"rm {key}: removing is permanent; pass confirm=True (--yes)")
+    if move_aliases_to is not None and drop_aliases:
+        raise UsageError(f"rm {key}: give move_aliases_to (--move-aliases-to) or drop_aliases "
+                         "(--drop-aliases), not both")
     cat = _catalog(catalog)
     if k.ref is None:
         cat.remove_model(k.name)
     else:
-        cat.remove_version(k.name, k.ref)
+        target = check_version(move_aliases_to) if isinstance(move_aliases_to, int) else move_aliases_to
+        cat.remove_version(k.name, k.ref, move_aliases_to=target, drop_aliases=drop_aliases)
 
 
 def alias(key: str, target: str | int | None = None, *, remove: bool = False,
@@ -201,23 +208,22 @@ def alias(key: str, target: str | int | None = None, *, remove: bool = False,
     if remove:
         if target is not None:
             raise UsageError(f"alias {key}: give a target or remove=True, not both")
-        cat.resolve(k)  # an error if there is no such alias
-        cat.set_alias(k.name, k.ref, None)
-        return None
+        return cat.move_alias(k.name, k.ref, None)
     if target is None:
         return cat.resolve(k)[1]
     ref = check_version(target) if isinstance(target, int) else str(target)
-    _, version = cat.resolve(f"{k.name}@{ref}")
-    cat.set_alias(k.name, k.ref, version)
-    return version
+    parse_key(f"{k.name}@{ref}")  # a bad target is a UsageError before any lock is taken
+    return cat.move_alias(k.name, k.ref, ref)
 
 
 def gc(*, older_than: float = DEFAULT_GC_AGE, dry_run: bool = False,
        catalog: str | Catalog | None = None) -> list[Removed]:
-    """Remove what crashed pushes and removals left behind (staging folders and claims idle
-    for ``older_than`` seconds, claims of committed versions, the trash)::
+    """Remove what crashed pushes and removals left behind: claims whose lease expired (a
+    live push renews its claim, so its claim and staging folder are kept) and staging
+    folders without a live claim, both also idle for ``older_than`` seconds; claims of
+    committed versions; empty alias folders and orphaned temporary files; the trash::
 
-        gc(older_than=0)   # only when no push is running
+        gc(older_than=0)   # safe while pushes run: their claims are live
     """
     if isinstance(older_than, bool) or not isinstance(older_than, int | float) or older_than < 0:
         raise UsageError(f"older_than={older_than!r}: give a number of seconds, at least 0")

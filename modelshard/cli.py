@@ -4,8 +4,10 @@ each module has ``register(subparsers, common)``, which adds its subparsers (wit
 parsed arguments that returns an :class:`Output`. To add a command, write such a module and
 append its name here.
 
-Every :class:`~modelshard.errors.ModelShardError` ends as one line on stderr and the error's
-exit code; there is no traceback for a user's mistake.
+Every error ends as one line on stderr and a non-zero exit: a
+:class:`~modelshard.errors.ModelShardError` with its exit code, a bad command line with 2,
+anything unexpected with 1 and the advice to rerun with ``--debug`` (or
+``MODELSHARD_DEBUG=1``), which prints the traceback too.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from modelshard import __version__
 from modelshard.errors import ModelShardError
+
+DEBUG_ENV = "MODELSHARD_DEBUG"
 
 COMMAND_MODULES: list[str] = ["modelshard.commands.store", "modelshard.commands.loading",
                               "modelshard.commands.jobs"]
@@ -62,6 +68,14 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (usage goes to ``--help``); subcommands'
+    parsers are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--catalog", metavar="URI", default=argparse.SUPPRESS,
@@ -69,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "$MODELSHARD_CATALOG, else ~/.modelshard/catalog")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON, for scripts")
-    parser = argparse.ArgumentParser(
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"print the traceback of an error (also ${DEBUG_ENV}=1)")
+    parser = _Parser(
         prog="modelshard", parents=[common],
         description="Large ML models on HDFS as balanced, checksummed safetensors shards "
                     "with a versioned catalog.")
@@ -80,19 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(command: str, message: str, *, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"modelshard {command}: {' '.join(message.split())}", file=sys.stderr)  # exactly one line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``modelshard`` command line; returns the exit status::
+
+        main(["ls", "--catalog", "/tmp/cat"])
+    """
     args = build_parser().parse_args(argv)
     args.catalog = getattr(args, "catalog", None)
     args.json = getattr(args, "json", False)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         out = args.run(args)
     except ModelShardError as e:
-        message = " ".join(str(e).split())  # exactly one line
-        print(f"modelshard {args.command}: error: {message}", file=sys.stderr)
+        _fail(args.command, f"error: {e}", debug=debug)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"modelshard {args.command}: interrupted", file=sys.stderr)
+        _fail(args.command, "interrupted", debug=debug)
         return 130
+    except Exception as e:  # a bug or an error nobody translated: still one line
+        _fail(args.command, f"internal error: {type(e).__name__}: {e}"[:2000]
+              + "; rerun with --debug for the traceback and report it", debug=debug)
+        return 1
     if args.json:
         print(json.dumps(out.data, indent=2, ensure_ascii=False))
     elif out.text:

@@ -22,7 +22,7 @@ from modelshard.api import _catalog
 from modelshard.catalog import access
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.commit import check_stored, commit_version, shard_block_size
-from modelshard.catalog.keys import LATEST, version_order
+from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import Manifest, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
 from modelshard.errors import StorageError, UsageError
@@ -241,8 +241,7 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
         run_all(one, m.shards, workers=workers, total=total, desc=f"copy {name}@{version}")
         return m
 
-    aliases = [LATEST] if _is_newest(dst, name, version) else []
-    return commit_version(dst, name, version, stage, aliases=aliases)
+    return commit_version(dst, name, version, stage, aliases=[LATEST])  # latest moves only forward
 
 
 def _copy_shard(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, shard: ShardRecord,
@@ -253,11 +252,6 @@ def _copy_shard(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, shar
         read_stream(dst_fs, dst, shard, model=None)
     else:
         check_stored(dst_fs, dst, shard)
-
-
-def _is_newest(cat: Catalog, name: str, version: str) -> bool:
-    current = cat.alias_target(name, LATEST) if cat.fs.exists(cat.root) else None
-    return current is None or version_order(version) > version_order(current)
 
 
 __all__ = ["AccessReport", "ReplicationReport", "ShardAccess", "access_stats", "copy",

@@ -28,7 +28,7 @@ from modelshard.jobs.resharding import reshard
 from modelshard.jobs.train import evaluate, train_reference
 from modelshard.jobs.training import train
 
-SPEC = ModelSpec("modelshard.jobs.models:mlp", {"sizes": [64, 64, 10]})
+SPEC = ModelSpec("mlp", {"sizes": [64, 64, 10]})
 SPLITS = 4
 TEST_ROWS = 397
 

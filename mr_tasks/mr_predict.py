@@ -9,7 +9,7 @@ from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, RawValueProtocol
 
-from modelshard.jobs.modelio import load_model
+from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, load_model, trusts_code
 from modelshard.jobs.predict import Predictor
 
 COUNTERS = "modelshard"
@@ -26,6 +26,7 @@ class MRPredict(MRJob):
                            cache_dir=jobconf_from_env("modelshard.predict.cache_dir", "") or None,
                            budget_bytes=int(budget) if budget else None, record_stats=True,
                            progress=self.set_status,
+                           trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)),
                            counter=lambda name, n: self.increment_counter(COUNTERS, name, n))
         self.predictor = Predictor(model, fmt=jobconf_from_env("modelshard.format", "jsonl"),
                                    batch_size=int(jobconf_from_env("modelshard.predict.batch_size", "1024")))

@@ -13,7 +13,7 @@ from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, RawValueProtocol
 
 from modelshard.jobs import wire
-from modelshard.jobs.modelio import load_model
+from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, load_model, trusts_code
 from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, input_width
 from modelshard.jobs.records import BadRecord, parse_record
 from modelshard.jobs.shardio import write_shard_file
@@ -34,7 +34,8 @@ class MRTrain(MRJob):
 
     def mapper_init(self):
         self.set_status("loading model " + conf("model"))
-        self.model = load_model(conf("catalog"), conf("model"), progress=self.set_status)
+        self.model = load_model(conf("catalog"), conf("model"), progress=self.set_status,
+                                trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)))
         self.n_features = input_width(self.model)
         self.fmt = conf("format", "jsonl")
         self.xs, self.ys = [], []

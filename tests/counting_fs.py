@@ -65,6 +65,9 @@ class CountingFileSystem(FileSystem):
     def open_write(self, path: str, **kw: Any) -> BinaryIO:
         return self.inner.open_write(path, **kw)
 
+    def touch(self, path: str) -> None:
+        self.inner.touch(path)
+
     def create_exclusive(self, path: str, data: bytes) -> None:
         self.inner.create_exclusive(path, data)
 

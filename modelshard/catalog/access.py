@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from modelshard import safejson
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import ModelShardError, NotFoundError
 from modelshard.fs.locality import this_host
@@ -65,7 +66,7 @@ def totals(catalog: Catalog, name: str, version: str) -> AccessTotals:
     sessions = local = remote = 0
     for path in files:
         try:
-            doc = json.loads(catalog.fs.read_bytes(path))
+            doc = safejson.loads(catalog.fs.read_bytes(path), where=catalog.fs.uri(path))
             counts = {str(k): int(v) for k, v in doc["reads"].items()}
             here, there = int(doc["local"]), int(doc["remote"])
         except (ModelShardError, ValueError, KeyError, TypeError, AttributeError) as e:

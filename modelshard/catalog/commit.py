@@ -1,10 +1,14 @@
-"""Committing a version atomically (push, and copy between catalogs): claim the version,
-write the shards into a staging folder, check that what was stored is what was written
-(:func:`check_stored`), write the manifest last, publish the folder with one rename, release
-the claim, then move ``latest`` and the requested aliases.
+"""Committing a version atomically (push, copy between catalogs, jobs): claim the version
+(a lease renewed while the push runs, a whole MapReduce pass for training), write the shards
+into a staging folder, check that what was stored is what was written (:func:`check_stored`),
+write the manifest last, then under the model's lock publish the folder with one rename and
+move ``latest`` (forward only) and the requested aliases, and release the claim.
 
-Until the rename nothing is visible; a push that fails cleans up after itself, and what a
-killed push leaves (staging folder, claim) is invisible and removed by ``gc``.
+Until the rename nothing is visible. A push that raises leaves no new version and no moved
+alias (an alias that cannot be written undoes the publish). What a killed push leaves
+(staging folder, claim) is invisible and removed by ``gc`` once the claim expired; a push
+killed between the rename and the alias moves leaves a complete version whose owed aliases
+the next holder of the model's lock points first (``Catalog.publish``).
 """
 
 from __future__ import annotations
@@ -100,29 +104,25 @@ def commit_version(catalog: Catalog, name: str, version: str | None,
     >>> commit_version(cat, "bert", "3", stage, aliases=["latest"])   # doctest: +SKIP
     """
     catalog.create()
-    version = catalog.claim(name, version)
-    staging = catalog.new_staging_dir(name, version)
-    try:
-        manifest = stage(version, staging)
-        catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
-        catalog.publish(name, version, staging)
-    except BaseException:
-        _abandon(catalog, name, version, staging)
-        raise
-    with contextlib.suppress(ModelShardError):  # committed; gc removes a claim left behind
-        catalog.release(name, version)
-    for alias in aliases:
-        catalog.set_alias(name, alias, version)
+    version, claim = catalog.claim(name, version)
+    staging = catalog.new_staging_dir(name, version, claim)
+    with claim:  # renewed until the commit ends; released (if still ours) whatever happens
+        try:
+            manifest = stage(version, staging)
+            claim.check()
+            catalog.fs.write_bytes(posixpath.join(staging, MANIFEST), manifest.to_json())
+            catalog.publish(name, version, staging, claim, aliases)
+        except BaseException:
+            _abandon(catalog, staging)
+            raise
     return manifest
 
 
-def _abandon(catalog: Catalog, name: str, version: str, staging: str) -> None:
+def _abandon(catalog: Catalog, staging: str) -> None:
     """Undo a failed push, best effort: the push's own error is the one to report. A push
     killed before this runs leaves the same for ``gc``."""
     with contextlib.suppress(ModelShardError):
         catalog.fs.delete(staging, recursive=True)
-    with contextlib.suppress(ModelShardError):
-        catalog.release(name, version)
 
 
 def _reader(tensor: SourceTensor, piece: Piece) -> Callable[[int, int], bytes | memoryview]:

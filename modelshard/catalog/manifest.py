@@ -35,6 +35,7 @@ from typing import Any
 
 from crc32c import crc32c
 
+from modelshard import safejson
 from modelshard.catalog.keys import check_name, check_version
 from modelshard.errors import FormatError, ModelShardError
 from modelshard.shards import dtypes
@@ -140,11 +141,9 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> Manifest:
-        """Parse and check a manifest; FormatError naming ``where`` if anything is off."""
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{where}: not a JSON manifest ({e}); the file is damaged") from e
+        """Parse and check a manifest; FormatError naming ``where`` if anything is off (the
+        only error any input raises: a manifest is written by whoever can write the catalog)."""
+        doc = safejson.loads(raw, where=where)
         if not isinstance(doc, dict):
             raise FormatError(f"{where}: not a JSON object; the manifest is damaged")
         schema = doc.get("schema_version")
@@ -155,7 +154,7 @@ class Manifest:
         check_seal(raw, where=where, required=b"crc32c" in raw)
         try:
             return _parse(doc)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise FormatError(f"{where}: malformed manifest ({type(e).__name__}: {e}); "
                               "the file is damaged") from e
         except ModelShardError as e:
@@ -192,6 +191,24 @@ def _count(x: Any) -> int:
     return x
 
 
+def _string(x: Any) -> str:
+    if not isinstance(x, str):
+        raise ValueError(f"{x!r} is not a string")
+    return x
+
+
+def _rows(x: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """A piece's row range ``[begin, end]`` of a tensor with at least one dimension, or None."""
+    if x is None:
+        return None
+    if not (isinstance(x, list) and len(x) == 2 and shape):
+        raise ValueError(f"rows {x!r} is not [begin, end] of a tensor with rows")
+    begin, end = _count(x[0]), _count(x[1])
+    if begin > end:
+        raise ValueError(f"rows {x!r} begin after they end")
+    return begin, end
+
+
 def _match(pattern: re.Pattern, x: Any, what: str) -> str:
     if not isinstance(x, str) or not pattern.fullmatch(x):
         raise ValueError(f"{what} {x!r} is not allowed")
@@ -209,8 +226,8 @@ def _parse(doc: dict) -> Manifest:
         check_tensor_name(name, where="manifest")
         dtype = dtypes.get(t["dtype"], where=f"tensor {name!r}")
         shape = tuple(_count(d) for d in t["shape"])
-        pieces = tuple(PieceRecord(p["shard"], p["key"], _count(p["begin"]), _count(p["end"]),
-                                   tuple(_count(r) for r in p["rows"]) if p["rows"] else None)
+        pieces = tuple(PieceRecord(_string(p["shard"]), _string(p["key"]), _count(p["begin"]),
+                                   _count(p["end"]), _rows(p["rows"], shape))
                        for p in t["pieces"])
         record = TensorRecord(dtype, shape, pieces)
         _check_pieces(name, record, sizes)
@@ -237,7 +254,7 @@ def _check_pieces(name: str, t: TensorRecord, sizes: dict[str, int]) -> None:
         if p.shard not in sizes or not p.begin <= p.end <= sizes[p.shard]:
             raise ValueError(f"tensor {name!r}: piece {p.key!r} lies outside its shard")
         want = t.nbytes if p.rows is None else (p.rows[1] - p.rows[0]) * row_bytes
-        if p.end - p.begin != want or (p.rows and (len(p.rows) != 2 or p.rows[0] != next_row)):
+        if p.end - p.begin != want or (p.rows and p.rows[0] != next_row):
             raise ValueError(f"tensor {name!r}: piece {p.key!r} has the wrong bytes or rows")
         next_row = p.rows[1] if p.rows else next_row
     if (len(t.pieces) != 1) if not t.is_split else (next_row != t.shape[0]):

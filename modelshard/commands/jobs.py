@@ -33,15 +33,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                           "$MODELSHARD_PYTHON_ARCHIVE")
     job.add_argument("--no-mrjob-conf", dest="mrjob_conf", action="store_false",
                      help="ignore the site mrjob.conf ($MRJOB_CONF, ~/.mrjob.conf, /etc/mrjob.conf)")
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument("--trust-code", action="store_true",
+                       help="build a model factory that is not registered: imports and runs the "
+                            "module:function the model's spec names (only for catalogs you trust)")
 
-    p = sub.add_parser("train", parents=[job], help="train a model by parameter averaging, one job per epoch",
+    p = sub.add_parser("train", parents=[job, trust], help="train a model by parameter averaging, one job per epoch",
                        description="Train KEY on the records under DATA, one MapReduce pass per epoch; "
                                    "every epoch commits a new version, and a rerun resumes after the last.")
     p.add_argument("key", help="model name (or name@version to start from)")
     p.add_argument("data", help="file or folder of training records; each file is one split")
     p.add_argument("--epochs", type=int, required=True, help="train up to this epoch")
     p.add_argument("--init", metavar="SPEC", help='create the model from a spec: JSON {"factory": '
-                   '"pkg.module:function", "kwargs": {...}}, or mlp:64,64,10 for the built-in MLP')
+                   '"NAME", "kwargs": {...}} naming a registered factory, or mlp:64,64,10 for the '
+                   'built-in MLP')
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--reducers", type=int, default=2, help="reducers, each writing its own shard")
@@ -50,7 +55,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--out", metavar="DIR", help="write metrics.jsonl and curves.png here")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("predict", parents=[job], help="predict every record of DATA into OUTPUT",
+    p = sub.add_parser("predict", parents=[job, trust], help="predict every record of DATA into OUTPUT",
                        description="Batch prediction as a map-only job: OUTPUT gets JSON lines "
                                    "id<TAB>class, and _bad_records.jsonl for malformed records.")
     p.add_argument("key")
@@ -99,7 +104,7 @@ def parse_spec(text: str) -> ModelSpec:
             sizes = [int(s) for s in text[4:].split(",")]
         except ValueError:
             raise UsageError(f"--init {text!r}: write mlp:IN,HIDDEN,...,OUT with whole numbers") from None
-        return ModelSpec("modelshard.jobs.models:mlp", {"sizes": sizes})
+        return ModelSpec("mlp", {"sizes": sizes})
     return ModelSpec.parse(text)
 
 
@@ -110,7 +115,7 @@ def _train(args: argparse.Namespace) -> Output:
     test = read_labeled(args.eval, args.format) if args.eval else None
     r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               init=parse_spec(args.init) if args.init else None, num_reduces=args.reducers, fmt=args.format,
-              test_data=test, out_dir=args.out, **_job_args(args))
+              test_data=test, out_dir=args.out, trust_code=args.trust_code, **_job_args(args))
     epochs = [e.__dict__ for e in r.epochs]
     last = r.epochs[-1] if r.epochs else None
     text = (f"trained {r.key} to epoch {last.epoch} ({r.key}@{last.version}): loss {last.loss:.4f}, "
@@ -127,7 +132,8 @@ def _predict(args: argparse.Namespace) -> Output:
     from modelshard.jobs.prediction import predict
 
     r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size,
-                cache_dir=args.cache_dir, budget_bytes=args.budget, **_job_args(args))
+                cache_dir=args.cache_dir, budget_bytes=args.budget, trust_code=args.trust_code,
+                **_job_args(args))
     return Output(r.__dict__, f"predicted {r.records - r.bad_records} records with {r.model} into {r.output}"
                               + (f"; {r.bad_records} bad records in _bad_records.jsonl" if r.bad_records else ""))
 

@@ -55,6 +55,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = command("rm", _rm, "remove a version (name@version) or a whole model (name)")
     p.add_argument("key")
     p.add_argument("--yes", action="store_true", help="confirm: removing is permanent")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--move-aliases-to", metavar="VERSION",
+                      help="point the aliases of the removed version at this version (or alias)")
+    held.add_argument("--drop-aliases", action="store_true",
+                      help="remove the aliases that point at the removed version")
 
     p = command("alias", _alias, "show, move or remove an alias (name@alias)")
     p.add_argument("key", help="name@alias")
@@ -63,8 +68,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     p = command("gc", _gc, "remove what crashed pushes and removals left behind")
     p.add_argument("--older-than", type=duration_arg, default=api.DEFAULT_GC_AGE,
-                   help="only staging folders and claims idle this long, e.g. 0, 2h, 7d "
-                        "(default 24h; 0 only when no push is running)")
+                   help="only staging folders and expired claims idle this long, e.g. 0, 2h, "
+                        "7d (default 24h; live pushes renew their claims, so 0 is safe)")
     p.add_argument("--dry-run", action="store_true", help="list, remove nothing")
 
 
@@ -116,7 +121,8 @@ def _verify(args: argparse.Namespace) -> Output:
 
 
 def _rm(args: argparse.Namespace) -> Output:
-    api.rm(args.key, confirm=args.yes, catalog=args.catalog)
+    api.rm(args.key, confirm=args.yes, move_aliases_to=args.move_aliases_to,
+           drop_aliases=args.drop_aliases, catalog=args.catalog)
     return Output({"removed": args.key}, f"removed {args.key}")
 
 

@@ -88,6 +88,11 @@ class FileSystem(abc.ABC):
         exists: of two concurrent callers exactly one succeeds."""
 
     @abc.abstractmethod
+    def touch(self, path: str) -> None:
+        """Set the modification time of an existing file to now (this machine's clock, whole
+        seconds at least); NotFoundError if it does not exist. Leases are kept alive so."""
+
+    @abc.abstractmethod
     def rename(self, src: str, dst: str) -> None:
         """Atomically move ``src`` (file or folder) to ``dst``, which must not exist."""
 

@@ -22,6 +22,7 @@ import os
 import posixpath
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,6 +261,11 @@ class HdfsFileSystem(FileSystem):
                 raise AlreadyExistsError(f"{self.uri(path)}: already exists as a folder")
         finally:
             self.delete(tmp)
+
+    def touch(self, path: str) -> None:
+        now = int(time.time())
+        with self._errors(path, "set the modification time of"):
+            self._fs.utime(path, now, now)
 
     def rename(self, src: str, dst: str) -> None:
         src_is_dir = self.stat(src).is_dir

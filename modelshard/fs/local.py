@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from modelshard.errors import AlreadyExistsError, NotFoundError, StorageError
 from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
@@ -36,6 +37,32 @@ def _ignore_vanished(func: Callable[..., object], path: str, exc_info: tuple) ->
     """``shutil.rmtree``'s error hook: an entry a concurrent deleter removed first is fine."""
     if not issubclass(exc_info[0], FileNotFoundError):
         raise exc_info[1]
+
+
+class _WriteFile(io.RawIOBase):
+    """A file opened for writing whose write and close errors (a full disk shows at either)
+    are modelshard errors naming the path."""
+
+    def __init__(self, raw: io.FileIO, path: str) -> None:
+        super().__init__()
+        self._raw, self._path = raw, path
+        self.name = path
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        with _os_errors(self._path):
+            return self._raw.write(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()
+        finally:
+            with _os_errors(self._path):
+                self._raw.close()
 
 
 class LocalFileSystem(FileSystem):
@@ -67,7 +94,8 @@ class LocalFileSystem(FileSystem):
     ) -> BinaryIO:
         with _os_errors(path):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            return open(path, "wb")
+            raw = io.FileIO(path, "wb")
+        return io.BufferedWriter(_WriteFile(raw, path))  # type: ignore[return-value]
 
     def create_exclusive(self, path: str, data: bytes) -> None:
         # Write a private file, then link(2) it into place: the link fails if `path` exists,
@@ -83,6 +111,10 @@ class LocalFileSystem(FileSystem):
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+
+    def touch(self, path: str) -> None:
+        with _os_errors(path):
+            os.utime(path)
 
     def rename(self, src: str, dst: str) -> None:
         if os.path.lexists(dst):

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 
 from modelshard.errors import FormatError, UsageError
 
@@ -37,13 +38,30 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def template_variables(env: jinja2.Environment, name: str) -> set[str]:
+    """Every variable that template ``name`` and the templates it extends or includes read."""
+    source = env.loader.get_source(env, name)[0]
+    ast = env.parse(source)
+    found = set(jinja2.meta.find_undeclared_variables(ast))
+    for parent in jinja2.meta.find_referenced_templates(ast):
+        if parent is not None:
+            found |= template_variables(env, parent)
+    return found
+
+
 def render_job_xml(job: str, **variables: object) -> str:
-    """The job XML for ``job`` (train, predict or reshard), checked to parse."""
+    """The job XML for ``job`` (train, predict or reshard), checked to parse. A variable that
+    the template does not read is an error (a typo must not fall back to the default)."""
     if job not in JOBS:
         raise UsageError(f"unknown job {job!r}; use one of: {', '.join(JOBS)}")
     name = f"{job}_config.xml.j2"
+    env = _environment()
     try:
-        xml = _environment().get_template(name).render(**variables)
+        known = template_variables(env, name)
+        if unknown := sorted(set(variables) - known):
+            raise UsageError(f"template {name}: unknown variable(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        xml = env.get_template(name).render(**variables)
     except jinja2.UndefinedError as e:
         raise UsageError(f"template {name}: {e.message}; pass it as a job option") from e
     except jinja2.TemplateNotFound as e:

@@ -15,7 +15,7 @@ from mrjob.job import MRJob
 from mrjob.step import StepFailedException
 from mrjob.util import to_lines
 
-from modelshard.errors import JobError, NotFoundError, UsageError
+from modelshard.errors import JobError, ModelShardError, NotFoundError, UsageError
 from modelshard.fs import FileSystem, get_fs
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
@@ -63,7 +63,8 @@ class _Collector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         line = record.getMessage()
         self.lines.append(line)
-        if self.echo and re.search(r"Submitted application|url to track|map \d+% reduce|Probable cause", line):
+        # The probable cause is not echoed: the JobError carries its gist on one line.
+        if self.echo and re.search(r"Submitted application|url to track|map \d+% reduce", line):
             self.echo(line.strip())
 
     def find(self, pattern: str) -> str | None:
@@ -76,10 +77,14 @@ class _Collector(logging.Handler):
         for i, line in enumerate(self.lines):
             if "Probable cause of failure" in line:
                 text = "\n".join(self.lines[i:]).split("Probable cause of failure:", 1)[1]
-                # mrjob prints the task's traceback; its last line is the error itself.
-                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-                errors = [ln for ln in lines if re.match(r"[\w.]+(Error|Exception)\b", ln)]
-                return (errors[-1] if errors else " ".join(lines[:5]))[:2000]
+                # mrjob prints the task's traceback; its last exception line and the lines
+                # of its message up to the blank line after it are the error itself.
+                lines = [ln.strip() for ln in text.splitlines()]
+                starts = [j for j, ln in enumerate(lines) if re.match(r"[\w.]+(Error|Exception)\b", ln)]
+                if not starts:
+                    return " ".join(ln for ln in lines if ln)[:500]
+                end = lines.index("", starts[-1]) if "" in lines[starts[-1]:] else len(lines)
+                return " ".join(lines[starts[-1]:end])[:2000]
         return None
 
 
@@ -133,6 +138,11 @@ def run_job(
         raise JobError(f"{name} failed on the {runner} runner: {cause or e}"
                        + (f" (application {a})" if (a := collector.find(r"(application_\d+_\d+)")) else "")
                        + "; see the task logs for the full traceback") from e
+    except ModelShardError:
+        raise
+    except Exception as e:  # the inline runner raises a task's own error, whatever it is
+        raise JobError(f"{job_class.__name__} failed on the {runner} runner: {type(e).__name__}: {e}; "
+                       "rerun with --debug for the traceback") from e
     finally:
         log.removeHandler(collector)
         log.setLevel(old_level)

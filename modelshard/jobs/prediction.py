@@ -49,10 +49,12 @@ def predict(
     python_archive: str | None = None,
     mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
+    trust_code: bool = False,
 ) -> PredictResult:
     """Predict every record under ``data`` with ``key``; predictions land in ``output``
     as JSON lines ``id<TAB>class``. ``cache_dir``: the nodes' preload cache, where tasks
-    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds::
+    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds;
+    ``trust_code``: allow a model factory that is not registered::
 
         predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
     """
@@ -61,7 +63,7 @@ def predict(
     check_catalog(runner, cat.uri)
     name, version = cat.resolve(key)
     model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
-    model_spec(cat, model)
+    model_spec(cat, model, trust_code=trust_code)
     files = input_files(data)
     out_fs, out_path = get_fs(output)
     if out_fs.exists(out_path):
@@ -70,7 +72,7 @@ def predict(
         "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
-        **(job_options or {})})
+        "trust_code": trust_code, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
                   jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
                   mrjob_conf=mrjob_conf, overrides=overrides, echo=echo,

@@ -54,11 +54,11 @@ class TrainResult:
     plot_path: str | None = None
 
 
-def init_model(catalog: Catalog, name: str, spec: ModelSpec) -> str:
+def init_model(catalog: Catalog, name: str, spec: ModelSpec, *, trust_code: bool = False) -> str:
     """Push the initial weights of ``spec`` as epoch 0 of ``name``; returns the version."""
     from modelshard.api import push
 
-    state = {k: v.detach().numpy() for k, v in build(spec).state_dict().items()}
+    state = {k: v.detach().numpy() for k, v in build(spec, trust_code=trust_code).state_dict().items()}
     manifest = push(state, name, catalog=catalog, attrs={SPEC_ATTR: spec.dumps(), EPOCH_ATTR: "0"})
     return manifest.version
 
@@ -82,14 +82,16 @@ def train(
     python_archive: str | None = None,
     mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
+    trust_code: bool = False,
 ) -> TrainResult:
     """Train ``key`` on the records under ``data`` up to ``epochs`` epochs::
 
         train("digits", "hdfs:///data/digits/train", epochs=10, runner="hadoop",
-              init=ModelSpec("modelshard.jobs.models:mlp", {"sizes": [64, 64, 10]}))
+              init=ModelSpec("mlp", {"sizes": [64, 64, 10]}))
 
     Starts after the newest version's epoch (so a rerun resumes); ``init`` creates the model
-    if it does not exist. Each epoch's version gets ``latest``.
+    if it does not exist. Each epoch's version gets ``latest``. ``trust_code``: allow a model
+    factory that is not registered (driver and tasks import whatever the spec names).
     """
     if epochs < 1:
         raise UsageError(f"epochs={epochs}: train for at least one epoch")
@@ -104,8 +106,8 @@ def train(
     except NotFoundError:
         if init is None:
             raise
-        version = init_model(cat, name, init)
-    spec = model_spec(cat, f"{name}@{version}")
+        version = init_model(cat, name, init, trust_code=trust_code)
+    spec = model_spec(cat, f"{name}@{version}", trust_code=trust_code)
     result = TrainResult(key=name)
     out = Path(out_dir) if out_dir else None
     if out:
@@ -122,7 +124,7 @@ def train(
                 "num_reduces": num_reduces, "catalog": cat.uri, "model": f"{name}@{parent}",
                 "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
                 "batch_size": batch_size, "seed": epoch * 1000, "staging": cat.fs.uri(staging),
-                **(job_options or {})})
+                "trust_code": trust_code, **(job_options or {})})
             job = run_job(MRTrain, runner=runner, inputs=files, output_dir=None, jobconf=parse_job_xml(xml),
                           catalog=cat.uri, python_archive=python_archive, mrjob_conf=mrjob_conf,
                           overrides=overrides, echo=echo)
@@ -141,7 +143,8 @@ def train(
         job, metrics, bad = run["job"], run["metrics"], run["bad"]
         er = EpochResult(epoch, version, metrics.loss, metrics.accuracy, metrics.count, len(bad), job.application_id)
         if test_data is not None:
-            er.test_accuracy = evaluate(load_model(cat.uri, f"{name}@{version}"), *test_data).accuracy
+            er.test_accuracy = evaluate(load_model(cat.uri, f"{name}@{version}", trust_code=trust_code),
+                                       *test_data).accuracy
         result.epochs.append(er)
         result.bad_records += bad
         if echo:

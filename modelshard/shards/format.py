@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from modelshard import safejson
 from modelshard.errors import FormatError, IntegrityError
 from modelshard.fs.base import FileSystem
 from modelshard.shards import dtypes
@@ -105,11 +106,7 @@ def _no_duplicates(where: str) -> Callable[[list], dict]:
 def parse_header(raw: bytes, *, file_size: int, where: str) -> Header:
     """Validate the JSON header ``raw`` of a file of ``file_size`` bytes."""
     data_start = 8 + len(raw)
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(where))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{where}: the header is not UTF-8 JSON ({e}); the file is damaged "
-                          "or not safetensors") from e
+    doc = safejson.loads(raw, where=f"{where}: header", object_pairs_hook=_no_duplicates(where))
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: the header is not a JSON object; not a safetensors file")
     metadata = doc.pop("__metadata__", None) or {}

@@ -154,6 +154,19 @@ def test_create_exclusive_race_has_exactly_one_winner(root):
     assert [i.path for i in root.fs.ls(root.path)] == [root("lock")]  # no temporary files
 
 
+def test_touch_moves_the_mtime_to_now_and_needs_the_file(root):
+    root.fs.write_bytes(root("lease"), b"x")
+    before = root.fs.stat(root("lease")).mtime
+    time.sleep(1.1)  # HDFS sets whole seconds
+    root.fs.touch(root("lease"))
+    after = root.fs.stat(root("lease")).mtime
+    assert after >= before + 1 and abs(after - time.time()) < 5
+    assert root.fs.read_bytes(root("lease")) == b"x"
+    with pytest.raises(NotFoundError, match=named(root("gone"))):
+        root.fs.touch(root("gone"))
+    assert not root.fs.exists(root("gone"))
+
+
 # -- rename --------------------------------------------------------------------------
 def test_rename_a_file(root):
     root.fs.write_bytes(root("f.tmp"), b"data")

@@ -4,8 +4,9 @@ Every store test that reaches a catalog (through the ``catalog`` or ``catalog_ro
 fixture, directly or through a fixture of its module) is collected here a second time, with
 ``catalog_root`` overridden by ``hdfs_root``: push/pull round trips of every dtype, split
 tensors, Hugging Face folders, atomic commit races, crashes and gc, damage found by verify,
-aliases, rm, unknown manifest schemas, a missing catalog, the CLI. Below them, what only
-HDFS has: a catalog of another HDFS user, and Hugging Face folders stored on HDFS.
+aliases, rm, unknown manifest schemas, a missing catalog, the CLI, leases and gc, the race
+scenarios (on threads). Below them, what only HDFS has: a catalog of another HDFS user, and
+Hugging Face folders stored on HDFS.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from modelshard.fs.hdfs import _pydoop_hdfs
 from tests.store_data import assert_same, sample_state
 from tests.unit import conftest as unit_fixtures
 from tests.unit import test_api, test_cli
-from tests.unit.catalog import test_catalog, test_commit, test_fetch, test_manifest
+from tests.unit.catalog import test_catalog, test_commit, test_fetch, test_leases, test_manifest, test_races
 from tests.unit.catalog.test_sources import hf_sharded
 
 REPO = Path(__file__).resolve().parents[2]
-STORE_MODULES = (test_catalog, test_commit, test_fetch, test_manifest, test_api, test_cli)
+STORE_MODULES = (test_catalog, test_commit, test_fetch, test_manifest, test_api, test_cli, test_leases,
+                 test_races)
 CATALOG_FIXTURES = {"catalog", "catalog_root"}
 
 

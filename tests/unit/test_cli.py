@@ -115,7 +115,23 @@ def test_argparse_errors(capsys):
     with pytest.raises(SystemExit) as e:
         main(["push", "x", "m", "--shard-size", "big"])
     assert e.value.code == 2
-    assert "'big' is not a size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'big' is not a size" in err and "see 'modelshard push --help'" in err
+
+
+@pytest.mark.parametrize("debug", ["flag", "env", None])
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, debug):
+    def bug(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(api, "verify", bug)
+    if debug == "env":
+        monkeypatch.setenv("MODELSHARD_DEBUG", "1")
+    rc, out, err = run(capsys, "verify", "m", *(["--debug"] if debug == "flag" else []))
+    last = "modelshard verify: internal error: KeyError: 'oops'; rerun with --debug for the traceback and report it\n"
+    assert rc == 1 and out == "" and err.endswith(last)
+    assert ("Traceback (most recent call last)" in err) == (debug is not None)
+    assert err == last or debug is not None
 
 
 @pytest.mark.parametrize("text, n", [("4096", 4096), ("512K", 512 << 10), ("128M", 128 << 20),

@@ -128,9 +128,11 @@ def test_rm_version_and_latest_falls_back(catalog):
     assert catalog.resolve("m") == ("m", "2")
     modelshard.rm("m@1", confirm=True, catalog=catalog)
     modelshard.rm("m@2", confirm=True, catalog=catalog)
-    with pytest.raises(NotFoundError, match="m@latest: no such alias"):
+    with pytest.raises(NotFoundError, match="model 'm' is not in catalog"):
         catalog.resolve("m")
     assert modelshard.gc(older_than=0, catalog=catalog) == []  # nothing left in the trash
+    assert modelshard.push(W, "m", catalog=catalog).version == "4"  # numbers are never reused
+    assert catalog.resolve("m") == ("m", "4")
 
 
 def test_rm_refuses_a_version_held_by_an_alias(catalog):

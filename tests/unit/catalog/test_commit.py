@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from crc32c import crc32c
 import modelshard
 from modelshard.catalog import commit
 from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.lease import Lease
 from modelshard.errors import AlreadyExistsError, IntegrityError, StorageError
 from modelshard.fs import LocalFileSystem
 from tests.store_data import tree
@@ -80,8 +82,13 @@ class Crash(BaseException):
 
 
 def crash_at(monkeypatch, point: str, catalog: Catalog):
-    """Make the push die at ``point`` without cleaning up, like a killed process."""
+    """Make the push die at ``point`` without cleaning up, like a killed process: its staging
+    folder stays, and so does its claim, no longer renewed."""
     monkeypatch.setattr(commit, "_abandon", lambda *a: None)
+    real_release = Lease.release
+    # Every point is outside the model's lock, whose release stays real.
+    monkeypatch.setattr(Lease, "release", lambda lease: lease._stop.set() if "/.claims/" in lease.path
+                        else real_release(lease))
 
     def die(*args, **kwargs):
         raise Crash(point)
@@ -102,7 +109,19 @@ def crash_at(monkeypatch, point: str, catalog: Catalog):
     elif point == "manifest written":
         monkeypatch.setattr(Catalog, "publish", die)
     elif point == "published":
-        monkeypatch.setattr(Catalog, "release", die)
+        real_publish = Catalog.publish
+
+        def publish_then_die(*args, **kwargs):
+            real_publish(*args, **kwargs)
+            raise Crash(point)
+
+        monkeypatch.setattr(Catalog, "publish", publish_then_die)
+
+
+def expire_leases(catalog: Catalog) -> None:
+    """Let every lease of the dead pushes expire (HDFS keeps whole seconds)."""
+    catalog.lease_seconds = 1.0
+    time.sleep(2.1)
 
 
 POINTS = ["first shard written", "shards verified", "manifest written", "published"]
@@ -118,9 +137,11 @@ def test_crash_leaves_no_partial_version_and_gc_cleans(catalog, monkeypatch, poi
                             workers=1)
     committed = point == "published"
     assert catalog.versions("m") == (["1", "2"] if committed else ["1"])
-    assert modelshard.pull("m", catalog=catalog)["w"].tobytes() == STATE["w"].tobytes()
-    if committed:  # complete, only its claim and the alias move were lost
+    assert modelshard.pull("m@1", catalog=catalog)["w"].tobytes() == STATE["w"].tobytes()
+    assert catalog.resolve("m") == ("m", "2" if committed else "1")
+    if committed:  # complete, with its aliases; only its claim was left behind
         modelshard.verify("m@2", catalog=catalog)
+    expire_leases(catalog)
     removed = modelshard.gc(older_than=0, catalog=catalog)
     assert removed, "the crash left a staging folder or a claim"
     assert modelshard.gc(older_than=0, catalog=catalog) == []
@@ -133,11 +154,13 @@ def test_gc_keeps_young_leftovers(catalog, monkeypatch):
         crash_at(m, "manifest written", catalog)
         with pytest.raises(Crash):
             modelshard.push(STATE, "m@1", catalog=catalog)
-    assert modelshard.gc(catalog=catalog) == []  # may be a live push: default age is a day
-    assert [r.reason for r in modelshard.gc(older_than=0, dry_run=True, catalog=catalog)] == \
-        ["abandoned staging folder", "abandoned claim"]
+    assert modelshard.gc(older_than=0, catalog=catalog) == []  # its lease has not expired yet
     with pytest.raises(AlreadyExistsError, match="another push of this version is in progress"):
         modelshard.push(STATE, "m@1", catalog=catalog)
+    expire_leases(catalog)
+    assert modelshard.gc(catalog=catalog) == []  # expired, but younger than the default day
+    assert [r.reason for r in modelshard.gc(older_than=0, dry_run=True, catalog=catalog)] == \
+        ["expired claim", "abandoned staging folder"]
     assert len(modelshard.gc(older_than=0, catalog=catalog)) == 2
     modelshard.push(STATE, "m@1", catalog=catalog)
 

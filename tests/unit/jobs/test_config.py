@@ -19,10 +19,20 @@ def test_train_config_has_the_seed_settings():
     assert props["modelshard.train.epoch"] == "3"
 
 
-@pytest.mark.parametrize("job", ["predict", "reshard"])
-def test_other_configs_render(job):
-    props = parse_job_xml(render_job_xml(job, **BASE, shard_size=1 << 20, staging="/s"))
+@pytest.mark.parametrize(("job", "extra"), [("predict", {}), ("reshard", {"shard_size": 1 << 20, "staging": "/s"})])
+def test_other_configs_render(job, extra):
+    props = parse_job_xml(render_job_xml(job, **BASE, **extra))
     assert props["modelshard.input"] == "/in"
+
+
+@pytest.mark.parametrize("job", ["train", "predict", "reshard"])
+def test_unknown_variable_is_a_one_line_error_listing_the_known_ones(job):
+    with pytest.raises(UsageError) as e:
+        render_job_xml(job, **BASE, map_memmory_mb=1024)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"template {job}_config.xml.j2: unknown variable(s) map_memmory_mb; known: ")
+    assert "map_memory_mb" in message and "trust_code" in message
 
 
 def test_values_with_markup_still_give_valid_xml():

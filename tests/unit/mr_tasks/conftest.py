@@ -6,7 +6,7 @@ import pytest
 from modelshard.jobs.models import ModelSpec
 from modelshard.quickstart import digits
 
-SPEC = ModelSpec("modelshard.jobs.models:mlp", {"sizes": [64, 16, 10]})
+SPEC = ModelSpec("mlp", {"sizes": [64, 16, 10]})
 
 
 @pytest.fixture(scope="session")

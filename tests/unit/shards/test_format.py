@@ -111,7 +111,7 @@ def raw_file(tmp_path, header: dict | bytes, data: bytes = b"", length: int | No
     ({"w": [1, 2]}, b"", "tensor 'w': the header entry is not an object"),
     ({"__metadata__": {"a": 1}}, b"", "__metadata__ must map strings to strings"),
     ([1, 2], b"", "not a JSON object"),
-    (b'{"w": ', b"", "not UTF-8 JSON"),
+    (b'{"w": ', b"", "header: not valid JSON"),
     (b'{"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, '
      b'"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}', b"",
      "duplicate tensor name 'a'"),

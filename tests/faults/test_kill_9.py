@@ -1,0 +1,155 @@
+"""``kill -9`` of store operations at points spread over the whole operation (a subprocess
+each time, killed by its pid): a push, a copy and a reshard (its job on the inline runner)
+commit whole or not at all, an alias move
+leaves the alias on one of its two targets; no kill damages a version committed before, the
+next operation works (a lock left by the dead waits out its lease), and ``gc`` clears what
+the dead left once their leases expired. ``tests/integration/test_faults_hdfs.py`` runs the
+push trials with the catalog on HDFS."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import modelshard
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.keys import LATEST
+
+LEASE = 3.0
+REPO = Path(__file__).resolve().parents[2]
+STATE = "{f't{i}': np.full((64, 1024), i, np.float32) for i in range(16)}"
+# Sixteen shards moved one at a time, so the operation lasts long enough to be hit anywhere.
+SCRIPTS = {
+    "push": f"modelshard.push({STATE}, 'm', catalog=argv[1], shard_size=256 << 10, workers=1, aliases=['prod'])",
+    "copy": "modelshard.placement.copy(f'm@{argv[3]}', argv[1], catalog=argv[2], workers=1)",
+    "alias": "while True: [modelshard.alias('m@prod', v, catalog=argv[1]) for v in (1, 2)]",
+    "reshard": "from modelshard.jobs.resharding import reshard\n"
+               "reshard('m@1', shard_count=8, tasks=8, runner='inline', catalog=argv[1], aliases=['prod'])",
+}
+
+
+def start(operation: str, *args: str, lease: float = LEASE) -> subprocess.Popen:
+    code = f"import sys, numpy as np, modelshard, modelshard.placement\nargv = sys.argv\n{SCRIPTS[operation]}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MODELSHARD_LEASE_SECONDS": str(lease)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=REPO, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    assert proc.wait(300) == 0, proc.stderr.read().decode()
+
+
+def check_versions(cat: Catalog, versions: list[str]) -> None:
+    """Each of ``versions`` complete and intact."""
+    for v in versions:
+        modelshard.verify(f"m@{v}", catalog=cat)
+        got = modelshard.pull(f"m@{v}", catalog=cat)
+        assert sorted(got) == sorted(f"t{i}" for i in range(16)) and got["t5"][3, 7] == 5
+
+
+def check_aliases(cat: Catalog, *, settled: bool = True) -> list[str]:
+    """Every alias on an existing version, ``latest`` on the highest (unless, right after a
+    kill, a publish is owed its aliases: the next holder of the lock points them); the
+    versions."""
+    versions = cat.versions("m")
+    aliases = cat.aliases("m") if versions else {}
+    assert set(aliases.values()) <= set(versions), (aliases, versions)
+    owed = not settled and cat.fs.exists(cat._intent_path("m"))
+    assert aliases.get(LATEST) == (versions[-1] if versions else None) or owed, (aliases, versions)
+    return versions
+
+
+def check_gc(cat: Catalog) -> None:
+    """Once the dead's leases expired, gc leaves no claim, staging folder or lock."""
+    time.sleep(2 * cat.lease_seconds + 1)
+    modelshard.gc(older_than=0, catalog=cat)
+    model = cat.model_dir("m")
+    leftovers = [i.path for sub in (".claims", ".staging") if cat.fs.exists(f"{model}/{sub}")
+                 for i in cat.fs.ls(f"{model}/{sub}")]
+    assert leftovers == [] and not cat.fs.exists(f"{model}/.lock")
+    assert modelshard.gc(older_than=0, catalog=cat) == []
+
+
+def commit_trials(catalog: str, trials: int, *, operation: str = "push", source: str = "",
+                  seed: int = 10) -> str:
+    """``trials`` pushes (reshards of version 1, or copies from ``source``: of version k + 3
+    in trial k, as a dead copy's claim holds its version a lease long) killed at points
+    spread over a whole one; returns the figures."""
+    def args(k: int) -> tuple[str, ...]:
+        return (catalog, source, str(k + 3)) if operation == "copy" else (catalog,)
+
+    if operation == "reshard":
+        finish(start("push", catalog))
+
+    durations = []
+    for k in (-2, -1):  # the quicker of two: a load spike must not push every kill past the end
+        started = time.monotonic()
+        finish(start(operation, *args(k)))
+        durations.append(time.monotonic() - started)
+    duration = min(durations)
+    cat = Catalog(catalog, lease_seconds=LEASE)
+    rng = random.Random(seed)
+    killed = 0
+    before = check_aliases(cat)
+    for trial in range(trials):
+        proc = start(operation, *args(trial))
+        # Trial k aims at the k-th slice of the operation, start-up included, and a quarter
+        # more: one running slower than the timed one is still hit at its commit.
+        time.sleep(1.25 * duration * (trial + rng.random()) / trials)
+        proc.kill()
+        killed += proc.wait(60) == -9
+        after = check_aliases(cat, settled=False)
+        assert after[:len(before)] == before and len(after) - len(before) in (0, 1)  # whole or nothing
+        check_versions(cat, after[len(before):])
+        before = after
+    assert killed >= trials // 3, f"only {killed} of {trials} were still running when killed"
+    finish(start(operation, *args(trials)))  # the next one works despite the leftovers
+    versions = check_aliases(cat)
+    check_versions(cat, versions)  # nothing committed was damaged by any kill
+    check_gc(cat)
+    assert check_aliases(cat) == versions
+    return (f"kill -9 of {operation}: {trials} trials over {duration:.2f} s, {killed} killed while "
+            f"running, {len(versions) - 3 - (operation == 'reshard')} committed whole, 0 damaged")
+
+
+def test_kill_9_anywhere_in_a_push(tmp_path):
+    print(commit_trials(str(tmp_path / "catalog"), 24))  # the figures of docs/reliability.md
+
+
+def test_kill_9_anywhere_in_a_copy(tmp_path):
+    source = str(tmp_path / "source")
+    state = {f"t{i}": np.full((64, 1024), i, np.float32) for i in range(16)}
+    for _ in range(23):
+        modelshard.push(state, "m", catalog=source, shard_size=256 << 10)
+    print(commit_trials(str(tmp_path / "catalog"), 20, operation="copy", source=source))
+
+
+def test_kill_9_anywhere_in_a_reshard(tmp_path):
+    print(commit_trials(str(tmp_path / "catalog"), 20, operation="reshard"))
+
+
+def test_kill_9_anywhere_in_alias_moves(tmp_path):
+    lease = 1.0  # a lock left by the dead is waited out in each trial; local mtimes are precise
+    cat = Catalog(str(tmp_path / "catalog"), lease_seconds=lease)
+    for _ in range(2):
+        modelshard.push({"w": np.zeros(2)}, "m", catalog=cat)
+    modelshard.alias("m@prod", 1, catalog=cat)
+    rng = random.Random(11)
+    held = 0
+    for _ in range(20):
+        proc = start("alias", cat.uri, lease=lease)
+        time.sleep(0.4 + 0.6 * rng.random())  # start-up, then up to a few hundred moves
+        proc.kill()
+        assert proc.wait(60) == -9, proc.stderr.read().decode()
+        assert modelshard.alias("m@prod", catalog=cat) in ("1", "2")  # readers take no lock
+        check_aliases(cat)
+        held += cat.fs.exists(cat._lock_path("m"))
+        assert modelshard.alias("m@prod", 1, catalog=cat) == "1"  # waits out a dead lock
+    check_gc(cat)
+    assert cat.aliases("m") == {"latest": "2", "prod": "1"}
+    print(f"kill -9 of alias moves: 20 trials, {held} killed holding the lock, 0 dangling")
