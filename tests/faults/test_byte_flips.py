@@ -1,8 +1,7 @@
 """One flipped bit in a shard's data, in its header or in the manifest is found by every
-read path that promises integrity (pull, pull to a folder, verify, a verified load, preload,
-copy, reshard, the jobs' model loading), as a modelshard error, and nothing damaged is
-written at a destination. (A tensor read by range without ``verify=True`` is not hashed: the lazy
-handle checks headers only; see ``modelshard/loading.py``.)"""
+read path (pull, pull to a folder, verify, a default load, a lazy read of one tensor,
+preload, copy, reshard, the jobs' model loading), as a modelshard error, and nothing damaged
+is written at a destination."""
 
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ READS: dict[str, Callable[[Catalog, str], object]] = {
     "pull": lambda cat, out: modelshard.pull("m@1", catalog=cat),
     "pull to a folder": lambda cat, out: modelshard.pull("m@1", f"{out}/pulled", catalog=cat),
     "verify": lambda cat, out: modelshard.verify("m@1", catalog=cat),
-    "verified load": lambda cat, out: modelshard.load("m@1", catalog=cat, verify=True),
+    "load": lambda cat, out: modelshard.load("m@1", catalog=cat),
+    "lazy read of one tensor": lambda cat, out: modelshard.load("m@1", catalog=cat, names=["0.weight"]),
     "preload": lambda cat, out: modelshard.preload("m@1", catalog=cat, cache_dir=f"{out}/cache"),
     "copy": lambda cat, out: copy("m@1", f"{out}/other", catalog=cat),
     "reshard": lambda cat, out: reshard("m@1", shard_count=1, catalog=cat.uri),

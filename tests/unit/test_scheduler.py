@@ -300,7 +300,7 @@ def test_for_shards_reads_through_the_preload_cache(tmp_path):
     st = sched.stats()
     assert st.remote_reads == 3 and st.local_reads >= 1  # the second round hit the disk cache
     assert cache.stats().entries == 3
-    direct = ShardScheduler.for_shards(refs, fs=fs, budget_bytes=8000)
+    direct = ShardScheduler.for_shards(refs, fs=fs, budget_bytes=8000, prefetch_depth=0)
     with direct.acquire(refs[1]) as buf:
         assert len(buf) == 5000
     assert direct.stats().local_reads == 1

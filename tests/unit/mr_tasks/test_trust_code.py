@@ -5,6 +5,7 @@ by the tasks themselves unless the caller trusts code for this one invocation.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,7 +158,10 @@ def exploding() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("runner", ["inline", "local"])
-def test_a_failing_task_is_one_line_on_either_runner(tmp_path, records, capsys, runner):
+def test_a_failing_task_is_one_line_on_either_runner(tmp_path, records, capsys, runner, monkeypatch):
+    # The local runner's tasks are processes of their own: they import the factory's module
+    # from the checkout as the submitter does.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[3]))
     cat = str(tmp_path / "cat")
     state = {k: v.detach().numpy() for k, v in exploding().state_dict().items()}
     key = "x@" + modelshard.push(state, "x", catalog=cat, attrs={
