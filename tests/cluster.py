@@ -81,7 +81,7 @@ class BackgroundJob:
         except BaseException as e:  # handed to the test in join()
             self.error = e
 
-    def join(self, timeout: float = 600) -> object:
+    def join(self, timeout: float = 900) -> object:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the job did not finish in time"
         if self.error:
@@ -99,7 +99,7 @@ class BackgroundJob:
             found += _listed(get_json(f"{base}/tasks/{task['id']}/attempts")["taskAttempts"]["taskAttempt"])
         return found
 
-    def wait_for_running_maps(self, n: int, timeout: float = 300) -> list[dict]:
+    def wait_for_running_maps(self, n: int, timeout: float = 900) -> list[dict]:
         """The attempts once ``n`` map attempts run (their containers started)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
