@@ -5,12 +5,15 @@ task's own error (mrjob only logs it as the "probable cause"), not just "step fa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import mrjob.local
 from mrjob.job import MRJob
 from mrjob.step import StepFailedException
 from mrjob.util import to_lines
@@ -41,6 +44,20 @@ def input_files(uri: str) -> list[str]:
         if f.size == 0:
             raise UsageError(f"input file {fs.uri(f.path)} is empty: every training split needs records")
     return [job_path(fs, f.path) for f in files]
+
+
+@contextlib.contextmanager
+def _no_fork() -> Iterator[None]:
+    """mrjob's local runner starts its task workers with ``multiprocessing.Pool``, which forks
+    this process: a child forked while another thread (the JVM that libhdfs started, a lease
+    renewer) holds a lock can hang on it for ever. Its workers are started from a clean
+    forkserver process instead."""
+    pool = mrjob.local.Pool
+    mrjob.local.Pool = multiprocessing.get_context("forkserver").Pool
+    try:
+        yield
+    finally:
+        mrjob.local.Pool = pool
 
 
 @dataclass
@@ -123,7 +140,7 @@ def run_job(
     log.addHandler(collector)
     log.setLevel(logging.INFO)
     try:
-        with job.make_runner() as r:
+        with _no_fork(), job.make_runner() as r:
             r.run()
             read = job.output_protocol().read
             output = [read(line) for line in to_lines(r.cat_output()) if keep is None or keep(line)]
