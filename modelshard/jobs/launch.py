@@ -22,6 +22,7 @@ from modelshard.errors import JobError, ModelShardError, NotFoundError, UsageErr
 from modelshard.fs import FileSystem, get_fs
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
+from modelshard.jobs.runner import HadoopRunner
 
 
 def job_path(fs: FileSystem, path: str) -> str:
@@ -140,7 +141,9 @@ def run_job(
     log.addHandler(collector)
     log.setLevel(logging.INFO)
     try:
-        with _no_fork(), job.make_runner() as r:
+        # mrjob has no option for a runner class of one's own: build it as make_runner() does.
+        runner_of = (lambda: HadoopRunner(**job._runner_kwargs())) if runner == "hadoop" else job.make_runner
+        with _no_fork(), runner_of() as r:
             r.run()
             read = job.output_protocol().read
             output = [read(line) for line in to_lines(r.cat_output()) if keep is None or keep(line)]

@@ -1,0 +1,132 @@
+"""mrjob's Hadoop runner, with the HDFS calls around a job made in this process.
+
+mrjob runs one ``hadoop`` command, a JVM start of 1.5-3 s, for ``hadoop version`` and for
+every mkdir, put, ls, cat and rm around a job: most of a small job's fixed cost. This runner
+makes them through modelshard's libhdfs client, whose JVM the driver has started already to
+read the catalog; only ``hadoop jar``, the submission itself, still starts one. Paths on other
+filesystems, or with glob characters, go mrjob's usual way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from mrjob.cat import decompress
+from mrjob.fs.composite import CompositeFilesystem
+from mrjob.fs.hadoop import HadoopFilesystem
+from mrjob.fs.local import LocalFilesystem
+from mrjob.hadoop import HadoopJobRunner
+
+from modelshard.errors import ModelShardError
+from modelshard.fs import FileSystem, get_fs
+from modelshard.fs.hdfs import hadoop_home
+
+_GLOB = re.compile(r"[*?\[{]")
+_COMMON_JAR = re.compile(r"hadoop-common-(\d+\.\d+\.\d+[\w.-]*?)\.jar$")
+_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def _as_ioerror() -> Iterator[None]:
+    # mrjob's log search catches IOError; modelshard's message says what happened.
+    try:
+        yield
+    except ModelShardError as e:
+        raise OSError(str(e)) from e
+
+
+class InProcessHdfs(HadoopFilesystem):
+    """mrjob's ``hadoop`` filesystem, answering ``hdfs://`` paths with libhdfs."""
+
+    def _fs(self, path: str) -> tuple[FileSystem, str] | None:
+        if urlsplit(path).scheme != "hdfs" or _GLOB.search(path):
+            return None
+        return get_fs(path)
+
+    def get_hadoop_version(self) -> str:
+        """The version in the name of the client's hadoop-common jar; else ``hadoop version``."""
+        if not self._hadoop_version and (home := hadoop_home()) is not None:
+            for jar in sorted(home.glob("**/hadoop-common-*.jar")):
+                if (m := _COMMON_JAR.search(jar.name)) and not m.group(1).endswith("tests"):
+                    self._hadoop_version = m.group(1)
+                    break
+        return self._hadoop_version or super().get_hadoop_version()
+
+    def du(self, path_glob: str) -> int:
+        if not (found := self._fs(path_glob)):
+            return super().du(path_glob)
+        fs, path = found
+        with _as_ioerror():
+            if not fs.exists(path):
+                return 0
+            return sum(f.size for f in fs.walk_files(path)) if fs.stat(path).is_dir else fs.stat(path).size
+
+    def ls(self, path_glob: str) -> Iterator[str]:
+        if not (found := self._fs(path_glob)):
+            yield from super().ls(path_glob)
+            return
+        fs, path = found
+        with _as_ioerror():
+            if not fs.exists(path):
+                return
+            files = list(fs.walk_files(path)) if fs.stat(path).is_dir else [fs.stat(path)]
+        for f in files:
+            yield fs.uri(f.path)
+
+    def _cat_file(self, path: str) -> Iterator[bytes]:
+        if not (found := self._fs(path)):
+            yield from super()._cat_file(path)
+            return
+        fs, p = found
+        with _as_ioerror(), fs.open_read(p) as f:
+            yield from decompress(f, path, _CHUNK)
+
+    def mkdir(self, path: str) -> None:
+        if not (found := self._fs(path)):
+            return super().mkdir(path)
+        with _as_ioerror():
+            found[0].mkdirs(found[1])
+
+    def exists(self, path_glob: str) -> bool:
+        if not (found := self._fs(path_glob)):
+            return super().exists(path_glob)
+        with _as_ioerror():
+            return found[0].exists(found[1])
+
+    def put(self, src: str, path: str) -> None:
+        if not (found := self._fs(path)) or path.endswith("/"):
+            return super().put(src, path)
+        fs, p = found
+        with _as_ioerror(), open(src, "rb") as source, fs.open_write(p) as target:
+            shutil.copyfileobj(source, target, _CHUNK)
+
+    def rm(self, path_glob: str) -> None:
+        if not (found := self._fs(path_glob)):
+            return super().rm(path_glob)
+        with _as_ioerror():
+            found[0].delete(found[1], recursive=True)
+
+    def touchz(self, path: str) -> None:
+        if not (found := self._fs(path)):
+            return super().touchz(path)
+        fs, p = found
+        with _as_ioerror():
+            if fs.exists(p) and fs.stat(p).size:
+                raise OSError(f"{path}: a non-empty file already exists")
+            fs.write_bytes(p, b"")
+
+
+class HadoopRunner(HadoopJobRunner):
+    """:class:`mrjob.hadoop.HadoopJobRunner` whose filesystem is :class:`InProcessHdfs`."""
+
+    @property
+    def fs(self) -> CompositeFilesystem:
+        if self._fs is None:
+            self._fs = CompositeFilesystem()
+            self._fs.add_fs("hadoop", InProcessHdfs(self._opts["hadoop_bin"] or None))
+            self._fs.add_fs("local", LocalFilesystem())
+        return self._fs
