@@ -74,8 +74,11 @@ class InProcessHdfs(HadoopFilesystem):
             if not fs.exists(path):
                 return
             files = list(fs.walk_files(path)) if fs.stat(path).is_dir else [fs.stat(path)]
+        # In the form asked for, as `hadoop fs -ls` answers: mrjob cuts the folder's URI off
+        # the front of each to find the part files (hdfs:///a is not hdfs://host:port/a).
+        prefix = "{0.scheme}://{0.netloc}".format(urlsplit(path_glob))
         for f in files:
-            yield fs.uri(f.path)
+            yield prefix + f.path
 
     def _cat_file(self, path: str) -> Iterator[bytes]:
         if not (found := self._fs(path)):

@@ -23,8 +23,7 @@ def tree(hdfs_root, tmp_path):
     return fs, root, local
 
 
-def answers(hfs: mrjob.fs.hadoop.HadoopFilesystem, fs, root: str, local, tag: str) -> dict:
-    base = fs.uri(f"{root}/t")
+def answers(hfs: mrjob.fs.hadoop.HadoopFilesystem, base: str, local, tag: str) -> dict:
     hfs.mkdir(f"{base}/made-{tag}/deep")
     hfs.put(str(local), f"{base}/put-{tag}.txt")
     hfs.touchz(f"{base}/z-{tag}")
@@ -47,12 +46,15 @@ def answers(hfs: mrjob.fs.hadoop.HadoopFilesystem, fs, root: str, local, tag: st
     return got
 
 
-def test_in_process_calls_answer_as_hadoop_fs_does(tree):
+@pytest.mark.parametrize("form", ["hdfs://host:port/path", "hdfs:///path"])
+def test_in_process_calls_answer_as_hadoop_fs_does(tree, form):
     fs, root, local = tree
+    base = fs.uri(f"{root}/t") if form == "hdfs://host:port/path" else f"hdfs://{root}/t"
     hadoop_bin = None  # each finds `hadoop` as mrjob does
-    mine = answers(InProcessHdfs(hadoop_bin), fs, root, local, "mine")
-    theirs = answers(mrjob.fs.hadoop.HadoopFilesystem(hadoop_bin), fs, root, local, "theirs")
+    mine = answers(InProcessHdfs(hadoop_bin), base, local, "mine")
+    theirs = answers(mrjob.fs.hadoop.HadoopFilesystem(hadoop_bin), base, local, "theirs")
     assert mine == theirs
+    assert all(p.startswith(f"{base}/") for p in mine["ls"])
     assert mine["ls missing"] == [] and mine["cat"] == b"beta\n" * 1000
     assert InProcessHdfs().get_hadoop_version() == mrjob.fs.hadoop.HadoopFilesystem().get_hadoop_version()
 
@@ -64,6 +66,7 @@ def test_a_job_starts_no_hadoop_fs_jvm(hdfs_root, monkeypatch):
     real_popen = mrjob.fs.hadoop.Popen
     monkeypatch.setattr(mrjob.fs.hadoop, "Popen", lambda args, **kw: spawned.append(args) or real_popen(args, **kw))
     result = run_job(MRSmoke, runner="hadoop", inputs=[fs.uri(f"{root}/input.txt")],
-                     output_dir=fs.uri(f"{root}/out"), jobconf={}, catalog=fs.uri(root), flavour="slim")
+                     # as a reshard's staging folder: a hidden parent, the default NameNode
+                     output_dir=f"hdfs://{root}/.staging/out", jobconf={}, catalog=fs.uri(root), flavour="slim")
     assert dict(result.output) == EXPECTED
     assert spawned == []  # `hadoop jar` is started by the runner itself, not by its filesystem
