@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from modelshard import safejson
 from modelshard.catalog.keys import (
@@ -107,7 +108,9 @@ class Catalog:
     ``$MODELSHARD_LEASE_SECONDS``, else 60)."""
 
     def __init__(self, uri: str | None = None, *, lease_seconds: float | None = None) -> None:
-        self.uri = uri or default_uri()
+        uri = uri or default_uri()
+        # A relative path becomes absolute here: job tasks run in other working folders.
+        self.uri = uri if urlsplit(uri).scheme else os.path.abspath(uri)
         self.fs, self.root = get_fs(self.uri)
         self.lease_seconds = lease_seconds or default_duration()
 

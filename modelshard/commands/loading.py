@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modelshard import loading, placement
 from modelshard.catalog.transfer import DEFAULT_WORKERS
 from modelshard.cli import Output, human_bytes, size_arg
+
+# The loading and placement modules are imported by the commands that run (start-up time).
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -23,8 +24,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         return p
 
     def cache_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", help=f"preload cache folder (default ${loading.CACHE_ENV}, "
-                                           "else ~/.modelshard/cache)")
+        p.add_argument("--cache-dir", help="preload cache folder (default $MODELSHARD_CACHE, else "
+                                           "~/.modelshard/cache)")
         p.add_argument("--max-bytes", type=size_arg, default=None,
                        help="cache size limit, e.g. 20G (default 64G)")
 
@@ -69,6 +70,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _load(args: argparse.Namespace) -> Output:
+    from modelshard import loading
+
     with loading.open(args.key, catalog=args.catalog, cache_dir=args.cache_dir,
                       cache_max_bytes=args.max_bytes, budget_bytes=args.budget,
                       policy=args.policy, workers=args.workers) as h:
@@ -95,6 +98,8 @@ def _load(args: argparse.Namespace) -> Output:
 
 
 def _preload(args: argparse.Namespace) -> Output:
+    from modelshard import loading
+
     r = loading.preload(args.key, tensors=args.tensors, catalog=args.catalog,
                         cache_dir=args.cache_dir, max_bytes=args.max_bytes, workers=args.workers)
     return Output(r.to_dict(), f"preloaded {r.key}: {r.shards} shards, {human_bytes(r.bytes)} "
@@ -103,6 +108,8 @@ def _preload(args: argparse.Namespace) -> Output:
 
 
 def _stats(args: argparse.Namespace) -> Output:
+    from modelshard import placement
+
     r = placement.access_stats(args.key, catalog=args.catalog)
     lines = [f"{r.key}: {r.sessions} sessions; shards read from a local replica {r.local}, "
              f"remote {r.remote}", f"{'READS':>7} {'REPL':>4} {'SIZE':>11}  SHARD"]
@@ -112,6 +119,8 @@ def _stats(args: argparse.Namespace) -> Output:
 
 
 def _replicate(args: argparse.Namespace) -> Output:
+    from modelshard import placement
+
     r = placement.replicate(args.key, replication=args.replication, hot=args.hot, top=args.top,
                             wait=args.wait, timeout=args.timeout, catalog=args.catalog)
     if r.warning:
@@ -124,6 +133,8 @@ def _replicate(args: argparse.Namespace) -> Output:
 
 
 def _copy(args: argparse.Namespace) -> Output:
+    from modelshard import placement
+
     m = placement.copy(args.key, args.dest, catalog=args.catalog, workers=args.workers)
     return Output({"name": m.name, "version": m.version, "dest": args.dest,
                    "shards": len(m.shards)},

@@ -21,11 +21,12 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from modelshard.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the CLI starts without it
+    from torch import nn
 
 ENTRY_POINT_GROUP = "modelshard.models"
 
@@ -55,6 +56,9 @@ class ModelSpec:
 
 def mlp(*, sizes: list[int], seed: int = 0) -> nn.Module:
     """The built-in multi-layer perceptron: Linear layers of ``sizes`` with ReLU between."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
@@ -97,6 +101,8 @@ def factory(name: str, *, trust_code: bool = False) -> Callable[..., nn.Module]:
 
 def build(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
     """Instantiate the module a spec names (see :func:`factory` for which names are allowed)."""
+    from torch import nn
+
     make = factory(spec.factory, trust_code=trust_code)
     try:
         model = make(**spec.kwargs)

@@ -5,11 +5,12 @@ predictions (files starting with ``_`` are skipped by Hadoop's input formats).""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.errors import AlreadyExistsError
+from modelshard.errors import AlreadyExistsError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
@@ -59,8 +60,13 @@ def predict(
         predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
     """
     check_format(fmt)
-    cat = Catalog(catalog)
+    cat = Catalog(catalog)  # a relative catalog path becomes absolute: tasks run elsewhere
     check_catalog(runner, cat.uri)
+    if cache_dir and not os.path.isabs(cache_dir):
+        if runner == "hadoop":
+            raise UsageError(f"--cache-dir {cache_dir}: give an absolute folder on the nodes' local "
+                             "disks; a relative one would land in each task's working folder")
+        cache_dir = os.path.abspath(cache_dir)
     name, version = cat.resolve(key)
     model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
     model_spec(cat, model, trust_code=trust_code)

@@ -38,9 +38,12 @@ def plan_reshard(manifest: Manifest, *, shard_size: int | None, shard_count: int
         raise UsageError(f"--dtype {dtype}: cast only to a floating-point type ({', '.join(sorted(FLOAT_DTYPES))})")
     metas = [TensorMeta(name, target_dtype(t.dtype, dtype), t.shape) for name, t in manifest.tensors.items()]
     if shard_count is not None:
-        if shard_count < 1:
-            raise UsageError(f"--shards {shard_count}: ask for at least one shard")
-        shard_size = max(MIN_SHARD_SIZE, math.ceil(sum(m.nbytes for m in metas) / shard_count))
+        if isinstance(shard_count, bool) or not isinstance(shard_count, int) or shard_count < 1:
+            raise UsageError(f"--shards {shard_count}: ask for a whole number of shards, at least one")
+        # Exactly that many shards: the planner's bin count is fixed, the size only says where
+        # big tensors are cut (a shard below 1 MiB still gets a whole 1 MiB block).
+        shard_size = max(1, math.ceil(sum(m.nbytes for m in metas) / shard_count))
+        return shard_size, planner.plan(metas, shard_size, count=shard_count)
     if shard_size < MIN_SHARD_SIZE:
         raise UsageError(f"shard size {shard_size} bytes is below 1 MiB ({MIN_SHARD_SIZE}), HDFS's smallest "
                          "block: choose a larger --shard-size")

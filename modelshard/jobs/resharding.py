@@ -45,7 +45,8 @@ def reshard(
 
         reshard("bert@3", shard_size=64 << 20, dtype="BF16", runner="hadoop")
 
-    With ``shard_count`` the size is the total over the count, but at least 1 MiB.
+    With ``shard_count`` the new version has exactly that many shards (UsageError if the
+    model has fewer tensors, or pieces of split tensors, than that).
     """
     cat = Catalog(catalog)
     check_catalog(runner, cat.uri)

@@ -111,9 +111,12 @@ def split(tensor: TensorMeta, shard_size: int) -> list[Piece]:
     return pieces
 
 
-def plan(tensors: Sequence[TensorMeta], shard_size: int = DEFAULT_SHARD_SIZE) -> list[ShardPlan]:
-    """Balanced shards for ``tensors``; raises UsageError for a bad ``shard_size`` or a split
-    piece whose key collides with a tensor name."""
+def plan(tensors: Sequence[TensorMeta], shard_size: int = DEFAULT_SHARD_SIZE, *,
+         count: int | None = None) -> list[ShardPlan]:
+    """Balanced shards for ``tensors``: ``ceil(total / shard_size)`` of them, or exactly
+    ``count`` (tensors are then split at ``shard_size``, and UsageError says so if there are
+    fewer pieces than ``count``). Raises UsageError for a bad ``shard_size`` or a split piece
+    whose key collides with a tensor name."""
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size <= 0:
         raise UsageError(f"shard_size={shard_size!r}: give a positive number of bytes")
     pieces = [p for t in tensors for p in split(t, shard_size)]
@@ -123,8 +126,12 @@ def plan(tensors: Sequence[TensorMeta], shard_size: int = DEFAULT_SHARD_SIZE) ->
             raise UsageError(f"tensor {p.name!r}: its split piece {p.key!r} has the name of "
                              "another tensor; rename that tensor or raise shard_size")
         keys.add(p.key)
+    if count is not None and len(pieces) < count:
+        raise UsageError(f"{count} shards asked for, but the model has only {len(pieces)} tensors "
+                         f"(or pieces of split tensors) to place; ask for at most {len(pieces)}")
     total = sum(p.cost for p in pieces)
-    bins: list[list[Piece]] = [[] for _ in range(max(1, math.ceil(total / shard_size)))]
+    # LPT puts the first ``count`` pieces into distinct empty bins, so none stays empty.
+    bins: list[list[Piece]] = [[] for _ in range(count or max(1, math.ceil(total / shard_size)))]
     heap = [(0, i) for i in range(len(bins))]
     for p in sorted(pieces, key=lambda p: (-p.cost, p.name, p.offset)):
         load, i = heapq.heappop(heap)

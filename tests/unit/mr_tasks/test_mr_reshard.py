@@ -36,10 +36,20 @@ def test_bit_exact_without_a_cast(model, runner):
 def test_cast_to_bf16_touches_floats_only(model):
     cat, tensors = model
     m = reshard("m", shard_count=2, dtype="BF16", catalog=cat, aliases=["small"])
+    assert len(m.shards) == 2
     out = api.pull("m@small", catalog=cat)
     assert m.tensors["emb"].dtype.name == "BF16" and m.tensors["steps"].dtype.name == "I64"
     assert np.array_equal(out["emb"], tensors["emb"].astype(ml_dtypes.bfloat16))
     assert out["mask"].tobytes() == tensors["mask"].tobytes()
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 7])
+def test_shards_n_makes_exactly_n(model, count):
+    cat, tensors = model
+    m = reshard("m@1", shard_count=count, catalog=cat)
+    assert len(m.shards) == count
+    out = api.pull(f"m@{m.version}", catalog=cat)
+    assert all(out[name].tobytes() == a.tobytes() for name, a in tensors.items())
 
 
 def test_bad_targets(model):
@@ -48,6 +58,8 @@ def test_bad_targets(model):
         reshard("m", shard_size=4096, catalog=cat)
     with pytest.raises(UsageError, match="exactly one of"):
         reshard("m", catalog=cat)
+    with pytest.raises(UsageError, match="at most"):
+        reshard("m", shard_count=100_000, catalog=cat)
     with pytest.raises(UsageError, match="floating-point"):
         reshard("m", shard_size=MiB, dtype="I8", catalog=cat)
     with pytest.raises(NotFoundError, match="nosuch"):

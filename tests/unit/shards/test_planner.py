@@ -120,3 +120,18 @@ def test_spread():
     s = Spread.of([100, 200, 300])
     assert (s.count, s.min, s.max, s.mean) == (3, 100, 300, 200)
     assert s.imbalance == 1.5
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
+def test_a_count_gives_exactly_that_many_shards(count):
+    # Header entries make the shards' costs exceed total / count: sizing alone gave count + 1.
+    tensors = [TensorMeta("emb", F32, (3000, 200))] + [t(f"w{i}", 4096 * (i + 1)) for i in range(6)]
+    size = -(-sum(x.nbytes for x in tensors) // count)
+    plans = plan(tensors, size, count=count)
+    assert len(plans) == count and all(p.pieces for p in plans)
+    assert sorted({p.name for s in plans for p in s.pieces}) == sorted(x.name for x in tensors)
+
+
+def test_a_count_beyond_the_pieces_is_refused():
+    with pytest.raises(UsageError, match="only 2 tensors .* at most 2"):
+        plan([t("a", 10), t("b", 10)], 100, count=3)
