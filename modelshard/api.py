@@ -10,6 +10,7 @@ None for ``$MODELSHARD_CATALOG`` / ``~/.modelshard/catalog``) and raises only
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -20,12 +21,13 @@ from modelshard.catalog.catalog import Catalog, Removed
 from modelshard.catalog.commit import push_tensors
 from modelshard.catalog.keys import LATEST, check_alias, check_version, parse_key
 from modelshard.catalog.manifest import Manifest
-from modelshard.catalog.sources import open_source
+from modelshard.catalog.sources import read_source
 from modelshard.catalog.transfer import DEFAULT_WORKERS, check_workers
 from modelshard.errors import UsageError
 from modelshard.shards.planner import DEFAULT_SHARD_SIZE, Spread
 
 DEFAULT_GC_AGE = 24 * 3600.0
+SKIPPED_ATTR = "push.skipped"  # JSON list of the source folder's files the version left out
 
 
 def _catalog(catalog: str | os.PathLike | Catalog | None) -> Catalog:
@@ -62,6 +64,9 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {**self.info.to_dict(), "shard_size": self.shard_size,
                 "spread": asdict(self.spread), "split_tensors": list(self.split_tensors),
+                "assets": [{"name": a.name, "size": a.size, "sha256": a.sha256}
+                           for a in self.manifest.assets.values()],
+                "attrs": dict(self.manifest.attrs),
                 "tensor_list": {n: {"dtype": t.dtype.name, "shape": list(t.shape),
                                     "pieces": len(t.pieces)}
                                 for n, t in self.manifest.tensors.items()}}
@@ -81,8 +86,11 @@ def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
 
     ``source``: a dict of numpy arrays / torch tensors, a ``.safetensors`` file, a PyTorch
     state_dict file (``.pt``, ``.pth``, ``.bin``), a Hugging Face model folder or a folder of
-    ``.npy`` files. ``key``: ``name`` (next version number) or ``name@version``. The version
-    appears atomically, then ``latest`` and each of ``aliases`` point at it. ``attrs``: string
+    ``.npy`` files. A folder's other files (config, tokenizer, model card...) are stored as
+    the version's assets, byte for byte (at most 64 MiB a file, 256 MiB in all); hidden
+    files and weights in other formats are skipped and named in ``attrs["push.skipped"]``.
+    ``key``: ``name`` (next version number) or ``name@version``. The version appears
+    atomically, then ``latest`` and each of ``aliases`` point at it. ``attrs``: string
     metadata kept in the manifest (a training job records its model spec and metrics there).
     Each stored shard is checked without reading it back (HDFS's file checksum; fsync on a
     local disk); ``paranoid=True`` reads every shard back and checks its sha256 too::
@@ -97,9 +105,13 @@ def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
     aliases = [aliases] if isinstance(aliases, str) else list(aliases)
     for alias in aliases:
         check_alias(alias)
-    tensors = open_source(source)
-    return push_tensors(_catalog(catalog), k.name, k.ref, tensors, shard_size=shard_size,
-                        workers=workers, aliases=aliases, attrs=attrs, paranoid=paranoid)
+    src = read_source(source)
+    attrs = dict(attrs or {})
+    if src.skipped:  # what the folder held that the version does not: 'show' tells
+        attrs[SKIPPED_ATTR] = json.dumps([name for name, _ in src.skipped])
+    return push_tensors(_catalog(catalog), k.name, k.ref, src.tensors, shard_size=shard_size,
+                        workers=workers, aliases=aliases, attrs=attrs, paranoid=paranoid,
+                        assets=src.assets)
 
 
 def pull(key: str, dest: str | os.PathLike | None = None, *,

@@ -21,14 +21,13 @@ from typing import Any
 from modelshard.api import _catalog
 from modelshard.catalog import access
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import check_stored, commit_version, shard_block_size
+from modelshard.catalog.commit import carry_assets, commit_version, copy_verified
 from modelshard.catalog.keys import LATEST
-from modelshard.catalog.manifest import Manifest, ShardRecord
+from modelshard.catalog.manifest import AssetRecord, Manifest, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
 from modelshard.errors import StorageError, UsageError
 from modelshard.fs import FileSystem
 from modelshard.fs.hdfs import hadoop_conf_dir
-from modelshard.verified import read_stream
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +97,11 @@ def replicate(key: str, *, replication: int, hot: bool = False, top: int | None 
               timeout: float = 300.0, catalog: str | os.PathLike | Catalog | None = None) -> ReplicationReport:
     """Set the HDFS replication factor of a version's shards and wait until HDFS holds that
     many replicas of every block, counted from the block locations (not read back from the
-    factor, which HDFS accepts at once). ``hot=True`` only raises it, and only for the shards
-    read most by the recorded access statistics (``top`` of them; None: every shard read at
-    least once). A factor above the live DataNodes is refused before anything changes; with
-    ``wait=False`` it is set, as HDFS allows, with a warning, and nothing is waited for::
+    factor, which HDFS accepts at once); the version's assets (config, tokenizer...) go with
+    the shards. ``hot=True`` only raises it, and only for the shards read most by the recorded
+    access statistics (``top`` of them; None: every shard read at least once). A factor above
+    the live DataNodes is refused before anything changes; with ``wait=False`` it is set,
+    as HDFS allows, with a warning, and nothing is waited for::
 
         replicate("bert@prod", replication=3)
         replicate("bert@prod", replication=5, hot=True, top=4)
@@ -120,7 +120,7 @@ def replicate(key: str, *, replication: int, hot: bool = False, top: int | None 
                          "which keeps one copy; replication applies to an hdfs:// catalog")
     m = cat.manifest(name, version)
     vdir = cat.version_dir(name, version)
-    chosen = list(m.shards)
+    chosen: list[ShardRecord | AssetRecord] = [*m.shards, *m.assets.values()]
     if hot:
         reads = access.totals(cat, name, version).reads
         chosen = sorted((s for s in m.shards if reads.get(s.path)),
@@ -233,25 +233,16 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
 
     def stage(version: str, staging: str) -> Manifest:
         def one(shard: ShardRecord, progress: Progress) -> None:
-            _copy_shard(src.fs, posixpath.join(svdir, shard.path), dst.fs,
-                        posixpath.join(staging, shard.path), shard, f"{name}@{version}",
-                        progress)
+            copy_verified(src.fs, posixpath.join(svdir, shard.path), dst.fs,
+                          posixpath.join(staging, shard.path), shard, f"{name}@{version}",
+                          progress)
 
         total = sum(s.size for s in m.shards)
         run_all(one, m.shards, workers=workers, total=total, desc=f"copy {name}@{version}")
+        carry_assets(src, m, dst.fs, staging, workers=workers)
         return m
 
     return commit_version(dst, name, version, stage, aliases=[LATEST])  # latest moves only forward
-
-
-def _copy_shard(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, shard: ShardRecord,
-                model: str, progress: Progress) -> None:
-    with dst_fs.open_write(dst, block_size=shard_block_size(shard.size)) as out:
-        read_stream(src_fs, src, shard, model=model, sink=out.write, progress=progress)
-    if shard.checksums is None:  # a manifest from before the CRC32C checksums
-        read_stream(dst_fs, dst, shard, model=None)
-    else:
-        check_stored(dst_fs, dst, shard)
 
 
 __all__ = ["AccessReport", "ReplicationReport", "ShardAccess", "access_stats", "copy",

@@ -14,18 +14,34 @@ the next holder of the model's lock points first (``Catalog.publish``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.keys import LATEST
-from modelshard.catalog.manifest import MANIFEST, Manifest, PieceRecord, ShardRecord, TensorRecord
-from modelshard.catalog.sources import SourceTensor
+from modelshard.catalog.manifest import (
+    ASSETS_DIR,
+    MANIFEST,
+    AssetRecord,
+    Manifest,
+    PieceRecord,
+    ShardRecord,
+    TensorRecord,
+)
+from modelshard.catalog.sources import SourceAsset, SourceTensor
 from modelshard.catalog.transfer import Progress, run_all
-from modelshard.errors import IntegrityError, ModelShardError, UsageError
+from modelshard.errors import (
+    FormatError,
+    IntegrityError,
+    ModelShardError,
+    StorageError,
+    UsageError,
+)
 from modelshard.fs.base import FileSystem
 from modelshard.shards import planner
+from modelshard.shards.checksums import CHUNK_BYTES, ChunkWriter, fixed_chunk_ends
 from modelshard.shards.format import ShardItem, Written, encode_header, write_shard
 from modelshard.shards.planner import Piece, ShardPlan
 from modelshard.verified import Stored, read_stream
@@ -38,10 +54,10 @@ BLOCK_UNIT = 1024 * 1024
 def push_tensors(catalog: Catalog, name: str, version: str | None,
                  tensors: Sequence[SourceTensor], *, shard_size: int, workers: int,
                  aliases: Sequence[str] = (), attrs: Mapping[str, str] | None = None,
-                 paranoid: bool = False) -> Manifest:
-    """Commit ``tensors`` as ``name@version`` (None: the next number), point ``latest`` and
-    ``aliases`` (already checked) at it, and return its manifest; ``paranoid``: see
-    :func:`check_stored`."""
+                 paranoid: bool = False, assets: Sequence[SourceAsset] = ()) -> Manifest:
+    """Commit ``tensors`` and ``assets`` as ``name@version`` (None: the next number), point
+    ``latest`` and ``aliases`` (already checked) at it, and return its manifest;
+    ``paranoid``: see :func:`check_stored`."""
     if not tensors:
         raise UsageError(f"push of {name}: the source holds no tensors")
     plans = planner.plan(tensors, shard_size)
@@ -59,9 +75,10 @@ def push_tensors(catalog: Catalog, name: str, version: str | None,
 
         total = sum(p.nbytes for p in plans)
         written = run_all(write, plans, workers=workers, total=total, desc=f"push {name}")
+        stored = store_assets(fs, staging, assets, workers=workers, paranoid=paranoid)
         return staged_manifest(catalog, name, version, staging, plans, written,
                                shard_size=shard_size, workers=workers, attrs=attrs,
-                               paranoid=paranoid)
+                               paranoid=paranoid, assets=stored)
 
     return commit_version(catalog, name, version, stage, aliases=(LATEST, *aliases))
 
@@ -74,9 +91,11 @@ def shard_path(staging: str, filename: str) -> str:
 def staged_manifest(catalog: Catalog, name: str, version: str, staging: str,
                     plans: Sequence[ShardPlan], written: Sequence[Written], *, shard_size: int,
                     workers: int, attrs: Mapping[str, str] | None = None,
-                    paranoid: bool = False) -> Manifest:
+                    paranoid: bool = False,
+                    assets: Mapping[str, AssetRecord] | None = None) -> Manifest:
     """Check the shards written into ``staging`` (by this process or by job tasks) in storage
-    (:func:`check_stored`) and return the manifest of the version they make; for
+    (:func:`check_stored`) and return the manifest of the version they make, with ``assets``
+    (stored and checked already: :func:`store_assets`, :func:`carry_assets`); for
     ``commit_version``'s ``stage`` callback."""
     def check(pair: tuple[ShardPlan, Written], progress: Progress) -> None:
         plan, w = pair
@@ -85,7 +104,8 @@ def staged_manifest(catalog: Catalog, name: str, version: str, staging: str,
 
     run_all(check, list(zip(plans, written, strict=True)), workers=workers,
             total=sum(w.size for w in written), desc="verify")
-    return _manifest(name, version, shard_size, plans, written, dict(attrs or {}))
+    return _manifest(name, version, shard_size, plans, written, dict(attrs or {}),
+                     dict(assets or {}))
 
 
 def shard_block_size(size: int) -> int:
@@ -164,8 +184,71 @@ def check_stored(fs: FileSystem, path: str, written: Stored, *, paranoid: bool =
         raise IntegrityError(f"{what} ({e}); nothing was committed: push again") from e
 
 
+# -- assets: the model's non-tensor files ------------------------------------------------
+def store_assets(fs: FileSystem, staging: str, assets: Sequence[SourceAsset], *, workers: int,
+                 paranoid: bool = False) -> dict[str, AssetRecord]:
+    """Write each asset into ``staging`` (``assets/<name>``), computing its sha256 and CRC32C
+    checksums as it is written, check it as stored (:func:`check_stored`) and return the
+    records by name."""
+    def one(asset: SourceAsset, progress: Progress) -> AssetRecord:
+        sha, crcs, size = hashlib.sha256(), ChunkWriter(fixed_chunk_ends(asset.size)), 0
+        path = posixpath.join(staging, ASSETS_DIR, asset.name)
+        with asset.fs.open_read(asset.path) as src, fs.open_write(path) as out:
+            while data := src.read(CHUNK_BYTES):
+                if size + len(data) > asset.size:
+                    break
+                out.write(data)
+                sha.update(data)
+                crcs.update(data)
+                size += len(data)
+                progress(len(data))
+        try:
+            record = AssetRecord(asset.name, size, sha.hexdigest(), crcs.finish())
+        except FormatError:
+            record = None
+        if record is None or asset.fs.stat(asset.path).size != asset.size:
+            raise StorageError(f"{asset.fs.uri(asset.path)} changed while it was pushed; push "
+                               "again once nothing writes to the folder")
+        check_stored(fs, path, record, paranoid=paranoid)
+        return record
+
+    records = run_all(one, assets, workers=workers, total=sum(a.size for a in assets),
+                      desc="push assets")
+    return {r.name: r for r in records}
+
+
+def carry_assets(source: Catalog, manifest: Manifest, fs: FileSystem, staging: str, *,
+                 workers: int) -> dict[str, AssetRecord]:
+    """Copy the assets of ``manifest`` (in catalog ``source``) into ``staging`` on ``fs``,
+    each checked as it is read and again as stored; a version made from another (reshard,
+    training, copy) keeps its config and tokenizer files so."""
+    vdir = source.version_dir(manifest.name, manifest.version)
+    model = f"{manifest.name}@{manifest.version}"
+
+    def one(asset: AssetRecord, progress: Progress) -> None:
+        copy_verified(source.fs, posixpath.join(vdir, asset.path), fs,
+                      posixpath.join(staging, asset.path), asset, model, progress)
+
+    assets = list(manifest.assets.values())
+    run_all(one, assets, workers=workers, total=sum(a.size for a in assets), desc="copy assets")
+    return dict(manifest.assets)
+
+
+def copy_verified(src_fs: FileSystem, src: str, dst_fs: FileSystem, dst: str, record: Stored,
+                  model: str, progress: Progress) -> None:
+    """Copy one stored file (shard or asset) byte for byte, checked against its manifest
+    record as it is read and again as stored at ``dst``."""
+    with dst_fs.open_write(dst, block_size=shard_block_size(record.size) or None) as out:
+        read_stream(src_fs, src, record, model=model, sink=out.write, progress=progress)
+    if record.checksums is None:  # a manifest from before the CRC32C checksums
+        read_stream(dst_fs, dst, record, model=None)
+    else:
+        check_stored(dst_fs, dst, record)
+
+
 def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPlan],
-              written: Sequence[Written], attrs: dict[str, str]) -> Manifest:
+              written: Sequence[Written], attrs: dict[str, str],
+              assets: dict[str, AssetRecord]) -> Manifest:
     shards, pieces = [], {}
     for plan, w in zip(plans, written, strict=True):
         path = f"shards/{plan.filename}"
@@ -182,7 +265,7 @@ def _manifest(name: str, version: str, shard_size: int, plans: Sequence[ShardPla
         tensors[tname] = TensorRecord(first.dtype, shape, tuple(r for _, r in parts))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Manifest(name, version, created, shard_size, tuple(shards), tensors,
-                    export_weight_map(plans), attrs)
+                    export_weight_map(plans), attrs, dict(sorted(assets.items())))
 
 
 def export_weight_map(plans: Sequence[ShardPlan]) -> dict[str, str]:

@@ -10,12 +10,12 @@ import json
 import posixpath
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.manifest import INDEX, Manifest, ShardRecord, TensorRecord
+from modelshard.catalog.manifest import INDEX, AssetRecord, Manifest, ShardRecord, TensorRecord
 from modelshard.catalog.transfer import Progress, run_all
 from modelshard.errors import (
     AlreadyExistsError,
@@ -28,6 +28,9 @@ from modelshard.fs import FileSystem, get_fs
 from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
 from modelshard.shards.format import ShardItem, read_header, write_shard
 from modelshard.verified import read_stream
+
+if TYPE_CHECKING:
+    from modelshard.cache.preload import PreloadCache
 
 FRAMEWORKS = ("numpy", "torch")
 
@@ -143,6 +146,14 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
     total = sum(manifest.tensors[n].nbytes for f in rebuild for n in files[f])
     run_all(build, rebuild, workers=workers, total=total, desc=desc)
     fs.delete(posixpath.join(tmp, ".stored"), recursive=True)
+
+    def asset(a: AssetRecord, progress: Progress) -> None:
+        with fs.open_write(posixpath.join(tmp, a.name)) as out:
+            read_stream(src_fs, posixpath.join(vdir, a.path), a, model=_key(manifest),
+                        sink=out.write, progress=progress)
+
+    assets = list(manifest.assets.values())
+    run_all(asset, assets, workers=workers, total=sum(a.size for a in assets), desc=desc)
     fs.write_bytes(posixpath.join(tmp, INDEX), json.dumps(manifest.hf_index(), indent=2,
                                                           ensure_ascii=False).encode("utf-8"))
 
@@ -161,6 +172,25 @@ def _piece_reader(fs: FileSystem, copies: dict[str, str], t: TensorRecord
         return b"".join(out)
 
     return read
+
+
+def read_asset(catalog: Catalog, manifest: Manifest, name: str, *,
+               cache: PreloadCache | None = None) -> bytes:
+    """The bytes of asset ``name`` of the version, checked (its CRC32C chunks); through the
+    preload ``cache`` when one is given. NotFoundError names the assets there are."""
+    asset = manifest.assets.get(name)
+    key = _key(manifest)
+    if asset is None:
+        have = ", ".join(manifest.assets) or "none"
+        raise NotFoundError(f"{key} has no asset {name!r} (its assets: {have}); push the "
+                            "model's folder with that file to add it")
+    path = posixpath.join(catalog.version_dir(manifest.name, manifest.version), asset.path)
+    if cache is not None:
+        return cache.read(catalog.fs, path, sha256=asset.sha256, size=asset.size,
+                          checksums=asset.checksums, model=key)
+    out = bytearray()
+    read_stream(catalog.fs, path, asset, model=key, sink=out.extend)
+    return bytes(out)
 
 
 # -- checking ------------------------------------------------------------------------------
@@ -197,11 +227,23 @@ def verify(catalog: Catalog, manifest: Manifest, *, workers: int, upgrade: bool 
             found_checksums[shard.path] = crcs.finish()
         return None
 
+    def check_asset(asset: AssetRecord, progress: Progress) -> str | None:
+        try:
+            read_stream(catalog.fs, posixpath.join(vdir, asset.path), asset, model=None,
+                        progress=progress, full=True)
+        except (NotFoundError, IntegrityError) as e:
+            return str(e)
+        return None
+
     problems = [p for p in run_all(check, manifest.shards, workers=workers,
                                    total=_size(manifest.shards), desc="verify") if p]
+    assets = list(manifest.assets.values())
+    problems += [p for p in run_all(check_asset, assets, workers=workers,
+                                    total=sum(a.size for a in assets), desc="verify") if p]
     if problems:
+        files = f"{len(manifest.shards)} shards" + (f" and {len(assets)} assets" if assets else "")
         raise IntegrityError(f"{manifest.name}@{manifest.version}: {len(problems)} of "
-                             f"{len(manifest.shards)} shards damaged: " + "; ".join(problems)
+                             f"{files} damaged: " + "; ".join(problems)
                              + "; restore them by pushing the model again or copying the "
                              "version from another catalog ('modelshard copy')")
     return adding and catalog.add_checksums(manifest.name, manifest.version, found_checksums)

@@ -50,6 +50,22 @@ INDEX = "model.safetensors.index.json"
 _SHARD_PATH = re.compile(r"shards/[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+ASSETS_DIR = "assets"
+# An asset name is a relative path whose parts do not start with '.' (no '..', no hidden
+# files) and hold no ':' (HDFS refuses it), backslash or control characters.
+_ASSET_PART = r"[^/\\\x00-\x1f\x7f:.][^/\\\x00-\x1f\x7f:]{0,254}"
+_ASSET_NAME = re.compile(rf"(?:{_ASSET_PART}/){{0,7}}{_ASSET_PART}")
+
+
+def check_asset_name(name: object) -> str:
+    """A name an asset may have; ValueError otherwise (e.g. one a pulled folder's weights
+    use: an asset never replaces a shard file or the index in the folder ``pull`` writes)."""
+    if not isinstance(name, str) or not _ASSET_NAME.fullmatch(name):
+        raise ValueError(f"asset name {name!r} is not a relative path of plain parts (none "
+                         "starting with '.', no ':', backslash or control characters)")
+    if name == INDEX or (name.endswith(".safetensors") and "/" not in name):
+        raise ValueError(f"asset name {name!r} is the name of a weights file of the pulled folder")
+    return name
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,22 @@ class ShardRecord:
     size: int
     sha256: str
     checksums: Checksums | None = None  # None: a manifest from before CRC32C checksums
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    """A non-tensor file of the version (config.json, tokenizer files, model card...), stored
+    as ``assets/<name>`` and checked like a shard: its sha256 and the CRC32C of the file and
+    of each 1 MiB chunk."""
+
+    name: str  # its path in the model's folder, e.g. "config.json" or "1_Pooling/config.json"
+    size: int
+    sha256: str
+    checksums: Checksums
+
+    @property
+    def path(self) -> str:  # relative to the version folder
+        return f"{ASSETS_DIR}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,8 @@ class Manifest:
     # Free-form string metadata of the version, e.g. the model spec and metrics of a
     # training epoch; optional in the file, so schema 1 manifests without it still load.
     attrs: dict[str, str] = field(default_factory=dict)
+    # The model's non-tensor files by name; optional in the file (older versions have none).
+    assets: dict[str, AssetRecord] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int:
@@ -137,6 +171,9 @@ class Manifest:
             **self.hf_index(),
             "attrs": self.attrs,
         }
+        if self.assets:  # absent otherwise: a version without assets reads as before
+            doc["assets"] = {a.name: {"size": a.size, "sha256": a.sha256, **a.checksums.to_file_json()}
+                             for a in self.assets.values()}
         return seal(doc)
 
     @classmethod
@@ -238,8 +275,15 @@ def _parse(doc: dict) -> Manifest:
     attrs = doc.get("attrs", {})
     if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in [*attrs, *attrs.values()]):
         raise ValueError("attrs must map strings to strings")
+    assets = doc.get("assets", {})
+    if not isinstance(assets, dict):
+        raise ValueError("assets must map names to records")
+    assets = {name: AssetRecord(check_asset_name(name), _count(a["size"]),
+                                _match(_SHA256, a["sha256"], "sha256"),
+                                Checksums.from_file_json(a, size=a["size"]))
+              for name, a in sorted(assets.items())}
     manifest = Manifest(check_name(doc["name"]), check_version(doc["version"]), str(doc["created"]),
-                        _count(doc["shard_size"]), shards, tensors, weight_map, attrs)
+                        _count(doc["shard_size"]), shards, tensors, weight_map, attrs, assets)
     if doc["metadata"]["total_size"] != manifest.total_size:
         raise ValueError("metadata.total_size is not the sum of the tensor sizes")
     return manifest

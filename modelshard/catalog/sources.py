@@ -1,11 +1,19 @@
-"""What ``push`` reads: every supported source becomes a list of :class:`SourceTensor`, whose
-bytes are read on demand, so a model is never held twice in memory while it is pushed.
+"""What ``push`` reads: every supported source becomes a :class:`Source`: a list of
+:class:`SourceTensor`, whose bytes are read on demand, so a model is never held twice in
+memory while it is pushed, and, for a folder, its other files as assets.
 
 Sources: an in-memory mapping of numpy arrays / torch tensors; a ``.safetensors`` file; a
 PyTorch state_dict file (``.pt``, ``.pth``, ``.bin``, loaded with ``weights_only=True``, never
-unpickling code); a Hugging Face model folder (``model.safetensors``, or shards listed by
-``model.safetensors.index.json``); a folder of ``.npy`` files (one tensor per file, named by
-the file). Paths may be local or any URI :func:`modelshard.fs.get_fs` knows.
+unpickling code); a Hugging Face model folder (``model.safetensors``, shards listed by
+``model.safetensors.index.json``, or ``pytorch_model.bin`` and the shards listed by
+``pytorch_model.bin.index.json``, converted); a folder of ``.npy`` files (one tensor per file,
+named by the file). Paths may be local or any URI :func:`modelshard.fs.get_fs` knows.
+
+Every other file of a folder (config.json, tokenizer files, generation config, model card,
+subfolders such as ``1_Pooling/``) is an asset of the version, stored byte for byte, within
+:data:`MAX_ASSET_BYTES` a file, :data:`MAX_ASSETS_BYTES` and :data:`MAX_ASSETS` files in all;
+hidden files and weights in other formats (``tf_model.h5``, ``.onnx``...) are skipped and
+reported.
 """
 
 from __future__ import annotations
@@ -16,22 +24,30 @@ import os
 import pickle
 import posixpath
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from modelshard.catalog.manifest import INDEX
+from modelshard.catalog.manifest import INDEX, check_asset_name
 from modelshard.errors import FormatError, NotFoundError, UsageError
-from modelshard.fs import FileSystem, get_fs
+from modelshard.fs import FileInfo, FileSystem, get_fs
 from modelshard.shards import dtypes
 from modelshard.shards.format import check_tensor_name, read_header
 from modelshard.shards.planner import TensorMeta
 
 SINGLE = "model.safetensors"
+TORCH_SINGLE = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-_PLAIN_FILE = re.compile(r"[^/\\\0]+\.safetensors")
+# Weights in formats push does not read: never stored as assets (they would be the bulk).
+OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot",
+                 ".onnx", ".onnx_data", ".gguf", ".tflite", ".pb", ".npz", ".npy", ".pkl")
+MAX_ASSET_BYTES = 64 << 20  # a tokenizer.json of a large vocabulary is about 30 MB
+MAX_ASSETS_BYTES = 256 << 20
+MAX_ASSETS = 1000
+_PLAIN_FILE = re.compile(r"[^/\\\0]+")
 
 
 @dataclass(frozen=True)
@@ -41,10 +57,32 @@ class SourceTensor(TensorMeta):
     read: Callable[[int, int], bytes | memoryview]
 
 
-def open_source(source: Any) -> list[SourceTensor]:
-    """The tensors of ``source``, sorted by name. FormatError names the file and tensor."""
+@dataclass(frozen=True)
+class SourceAsset:
+    """A non-tensor file to push as an asset named ``name``: ``path`` on ``fs``."""
+
+    name: str
+    size: int
+    fs: FileSystem
+    path: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a push stores: the tensors (sorted by name), the assets (sorted by name) and the
+    files of the folder it skipped, with the reason."""
+
+    tensors: list[SourceTensor]
+    assets: list[SourceAsset] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_source(source: Any) -> Source:
+    """The tensors and assets of ``source``. FormatError names the file and tensor;
+    UsageError names an asset over the limits."""
     if isinstance(source, Mapping):
-        return _sorted([from_object(k, v, where="in-memory state dict") for k, v in source.items()])
+        return Source(_sorted([from_object(k, v, where="in-memory state dict")
+                               for k, v in source.items()]))
     if not isinstance(source, str | os.PathLike):
         raise UsageError(f"push source {type(source).__name__}: give a path, a URI or a dict "
                          "of numpy arrays / torch tensors")
@@ -54,13 +92,18 @@ def open_source(source: Any) -> list[SourceTensor]:
     except NotFoundError:
         raise NotFoundError(f"push source {source}: no such file or folder") from None
     if info.is_dir:
-        return _sorted(_from_folder(fs, path))
+        return _from_folder(fs, path)
     if path.endswith(".safetensors"):
-        return _sorted(_from_safetensors(fs, path))
+        return Source(_sorted(_from_safetensors(fs, path)))
     if path.endswith(TORCH_SUFFIXES):
-        return _sorted(_from_torch_file(fs, path))
+        return Source(_sorted(_from_torch_file(fs, path)))
     raise UsageError(f"push source {source}: unknown kind of file; give a .safetensors, "
                      f"{'/'.join(TORCH_SUFFIXES)} file or a model folder")
+
+
+def open_source(source: Any) -> list[SourceTensor]:
+    """The tensors of ``source``, sorted by name (see :func:`read_source`)."""
+    return read_source(source).tensors
 
 
 def _sorted(tensors: list[SourceTensor]) -> list[SourceTensor]:
@@ -115,33 +158,88 @@ def _from_safetensors(fs: FileSystem, path: str) -> list[SourceTensor]:
     return [SourceTensor(e.key, e.dtype, e.shape, reader(e.begin)) for e in header.entries.values()]
 
 
-def _from_folder(fs: FileSystem, path: str) -> list[SourceTensor]:
-    names = {posixpath.basename(i.path): i for i in fs.ls(path)}
-    if INDEX in names:
-        return _from_hf_index(fs, path)
-    if SINGLE in names:
-        return _from_safetensors(fs, posixpath.join(path, SINGLE))
-    npys = sorted(n for n, i in names.items() if n.endswith(".npy") and not i.is_dir)
-    if npys:
-        return [_from_npy(fs, posixpath.join(path, n)) for n in npys]
-    raise UsageError(f"push source {path}: the folder holds no {SINGLE}, {INDEX} or .npy files")
+def _walk(fs: FileSystem, folder: str, prefix: str = "") -> Iterator[tuple[str, FileInfo | None]]:
+    """``(name relative to the folder, info)`` of every file below ``folder``; a hidden folder
+    (``.git``, ``.cache``) is not entered and comes as ``("name/", None)``."""
+    for info in fs.ls(folder):
+        name = prefix + posixpath.basename(info.path)
+        if info.is_dir and name.rpartition("/")[2].startswith("."):
+            yield name + "/", None
+        elif info.is_dir:
+            yield from _walk(fs, info.path, name + "/")
+        else:
+            yield name, info
 
 
-def _from_hf_index(fs: FileSystem, folder: str) -> list[SourceTensor]:
-    index_path = posixpath.join(folder, INDEX)
+def _from_folder(fs: FileSystem, path: str) -> Source:
+    files = dict(_walk(fs, path))
+    top = {n for n in files if "/" not in n}
+    if INDEX in top:
+        tensors, used = _from_hf_index(fs, path, INDEX, ".safetensors", _from_safetensors)
+    elif SINGLE in top:
+        tensors, used = _from_safetensors(fs, posixpath.join(path, SINGLE)), {SINGLE}
+    elif TORCH_INDEX in top:
+        tensors, used = _from_hf_index(fs, path, TORCH_INDEX, ".bin", _from_torch_file)
+    elif TORCH_SINGLE in top:
+        tensors, used = _from_torch_file(fs, posixpath.join(path, TORCH_SINGLE)), {TORCH_SINGLE}
+    elif npys := sorted(n for n in top if n.endswith(".npy")):
+        tensors, used = [_from_npy(fs, posixpath.join(path, n)) for n in npys], set(npys)
+    else:
+        raise UsageError(f"push source {path}: the folder holds no {SINGLE}, {INDEX}, "
+                         f"{TORCH_SINGLE}, {TORCH_INDEX} or .npy files")
+    return Source(_sorted(tensors), *_assets(fs, path, files, used))
+
+
+def _assets(fs: FileSystem, folder: str, files: dict[str, FileInfo | None], used: set[str]
+            ) -> tuple[list[SourceAsset], list[tuple[str, str]]]:
+    """The folder's files other than the weights read (``used``) as assets, checked against
+    the limits, and the files skipped with the reason."""
+    assets, skipped = [], []
+    for name, info in sorted(files.items()):
+        if name in used:
+            continue
+        if info is None or any(part.startswith(".") for part in name.split("/")):
+            skipped.append((name, "hidden file or folder"))
+        elif name.endswith(OTHER_WEIGHTS):
+            skipped.append((name, "weights in another format or not listed by the index"))
+        else:
+            try:
+                check_asset_name(name)
+            except ValueError as e:
+                raise UsageError(f"push source {folder}: {e}; rename or remove that file") from None
+            if info.size > MAX_ASSET_BYTES:
+                raise UsageError(f"push source {folder}: {name} has {info.size} bytes, over the "
+                                 f"{MAX_ASSET_BYTES >> 20} MiB limit of a non-tensor file; remove "
+                                 "it from the folder (store large data elsewhere)")
+            assets.append(SourceAsset(name, info.size, fs, info.path))
+    total = sum(a.size for a in assets)
+    if len(assets) > MAX_ASSETS or total > MAX_ASSETS_BYTES:
+        raise UsageError(f"push source {folder}: {len(assets)} non-tensor files of {total} bytes, "
+                         f"over the limit of {MAX_ASSETS} files and {MAX_ASSETS_BYTES >> 20} MiB "
+                         "in all; remove what the model does not need from the folder")
+    return assets, skipped
+
+
+def _from_hf_index(fs: FileSystem, folder: str, index: str, suffix: str,
+                   read: Callable[[FileSystem, str], list[SourceTensor]]
+                   ) -> tuple[list[SourceTensor], set[str]]:
+    """The tensors of the weight files a Hugging Face index lists (safetensors, or PyTorch
+    ``.bin`` files), and the names of the files used."""
+    index_path = posixpath.join(folder, index)
     try:
         weight_map = json.loads(fs.read_bytes(index_path))["weight_map"]
         files = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise FormatError(f"{index_path}: not a Hugging Face index with a weight_map "
                           f"({type(e).__name__}: {e})") from e
     tensors: dict[str, tuple[str, SourceTensor]] = {}
     for file in files:
         # The index is input: its file names must not lead out of the folder.
-        if not isinstance(file, str) or not _PLAIN_FILE.fullmatch(file) or ".." in file:
+        if not isinstance(file, str) or not _PLAIN_FILE.fullmatch(file) or ".." in file \
+                or not file.endswith(suffix):
             raise FormatError(f"{index_path}: shard file name {file!r} is not a plain "
-                              ".safetensors file name in the same folder")
-        for t in _from_safetensors(fs, posixpath.join(folder, file)):
+                              f"{suffix} file name in the same folder")
+        for t in read(fs, posixpath.join(folder, file)):
             if t.name in tensors:
                 raise FormatError(f"{folder}: duplicate tensor name {t.name!r} in "
                                   f"{tensors[t.name][0]} and {file}")
@@ -150,7 +248,7 @@ def _from_hf_index(fs: FileSystem, folder: str) -> list[SourceTensor]:
         if tensors.get(name, (None,))[0] != file:
             raise FormatError(f"{index_path}: names tensor {name!r} in {file}, which does "
                               "not hold it")
-    return [t for _, t in tensors.values()]
+    return [t for _, t in tensors.values()], {index, *files}
 
 
 def _from_npy(fs: FileSystem, path: str) -> SourceTensor:

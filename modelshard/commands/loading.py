@@ -46,14 +46,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--stats", action="store_true", help="print the session's statistics")
     workers(p)
 
-    p = command("preload", _preload, "copy a version's shards into the node-local cache")
+    p = command("preload", _preload, "copy a version's shards and assets into the node-local cache")
     tensors(p, "only the shards holding these tensors")
     cache_options(p)
     workers(p)
 
     command("stats", _stats, "recorded access statistics of a version, per shard")
 
-    p = command("replicate", _replicate, "set the HDFS replication of a version's shards")
+    p = command("replicate", _replicate, "set the HDFS replication of a version's shards and assets")
     p.add_argument("--replication", type=int, required=True, metavar="N", help="copies, >= 1")
     p.add_argument("--hot", action="store_true",
                    help="only raise it, for the most-read shards (see 'modelshard stats')")
@@ -102,7 +102,8 @@ def _preload(args: argparse.Namespace) -> Output:
 
     r = loading.preload(args.key, tensors=args.tensors, catalog=args.catalog,
                         cache_dir=args.cache_dir, max_bytes=args.max_bytes, workers=args.workers)
-    return Output(r.to_dict(), f"preloaded {r.key}: {r.shards} shards, {human_bytes(r.bytes)} "
+    return Output(r.to_dict(), f"preloaded {r.key}: {r.shards} shards and {r.assets} assets, "
+                               f"{human_bytes(r.bytes)} "
                                f"in {r.cache_dir} ({r.fetched} fetched, "
                                f"{r.shards - r.fetched} already there)")
 
@@ -125,7 +126,7 @@ def _replicate(args: argparse.Namespace) -> Output:
                             wait=args.wait, timeout=args.timeout, catalog=args.catalog)
     if r.warning:
         print(f"modelshard replicate: warning: {r.warning}", file=sys.stderr)
-    lines = [f"{r.key}: {len(r.shards)} shards set to replication {r.replication}"]
+    lines = [f"{r.key}: {len(r.shards)} files (shards and assets) set to replication {r.replication}"]
     lines += [f"  {s['path']}: {s['before']} -> {s['after']}; replicas per block "
               f"{','.join(map(str, s['replicas']))} on {','.join(sorted({h for b in s['hosts'] for h in b}))}"
               for s in r.shards]

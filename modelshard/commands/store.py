@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict
 
 from modelshard import api
@@ -76,10 +77,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def _push(args: argparse.Namespace) -> Output:
     m = api.push(args.source, args.key, catalog=args.catalog, shard_size=args.shard_size,
                  workers=args.workers, aliases=args.aliases, paranoid=args.paranoid)
+    skipped = json.loads(m.attrs.get(api.SKIPPED_ATTR, "[]"))
     data = {"name": m.name, "version": m.version, "tensors": len(m.tensors),
-            "shards": len(m.shards), "total_size": m.total_size}
-    return Output(data, f"pushed {m.name}@{m.version}: {len(m.tensors)} tensors, "
-                        f"{len(m.shards)} shards, {human_bytes(m.total_size)}")
+            "shards": len(m.shards), "total_size": m.total_size, "assets": len(m.assets),
+            "skipped": skipped}
+    text = (f"pushed {m.name}@{m.version}: {len(m.tensors)} tensors, {len(m.shards)} shards, "
+            f"{human_bytes(m.total_size)}" + (f"; {len(m.assets)} other files as assets" if m.assets else ""))
+    if skipped:
+        text += f"; skipped {len(skipped)} files (hidden, or weights in another format): {', '.join(skipped)}"
+    return Output(data, text)
 
 
 def _pull(args: argparse.Namespace) -> Output:
@@ -104,6 +110,10 @@ def _show(args: argparse.Namespace) -> Output:
              f"{human_bytes(r.shard_size)})",
              f"shard sizes: min {human_bytes(s.min)}, max {human_bytes(s.max)}, "
              f"mean {human_bytes(s.mean)}, imbalance {s.imbalance:.3f} (max/mean)"]
+    assets = r.manifest.assets.values()
+    if assets:
+        lines.append(f"{len(assets)} assets, {human_bytes(sum(a.size for a in assets))}:")
+        lines += [f"  {a.name}  {human_bytes(a.size)}" for a in assets]
     if args.tensors:
         lines += [f"  {n}  {t.dtype.name}  {list(t.shape)}" + (
             f"  in {len(t.pieces)} pieces" if t.is_split else "")

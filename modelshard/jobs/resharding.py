@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import commit_version, staged_manifest
+from modelshard.catalog.commit import carry_assets, commit_version, staged_manifest
 from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError
@@ -41,7 +41,8 @@ def reshard(
     echo: Callable[[str], object] | None = None,
 ) -> Manifest:
     """Write ``key`` as a new version of the same model with new shards; bit-exact unless
-    ``dtype`` casts. Returns the new version's manifest::
+    ``dtype`` casts; its assets (config, tokenizer...) are copied, checked. Returns the new
+    version's manifest::
 
         reshard("bert@3", shard_size=64 << 20, dtype="BF16", runner="hadoop")
 
@@ -83,7 +84,8 @@ def reshard(
         attrs = {**source.attrs, "reshard.parent": version}
         if dtype:
             attrs["reshard.dtype"] = dtype
+        assets = carry_assets(cat, source, cat.fs, staging, workers=4)
         return staged_manifest(cat, name, new_version, staging, plans, written, shard_size=size,
-                               workers=4, attrs=attrs)
+                               workers=4, attrs=attrs, assets=assets)
 
     return commit_version(cat, name, None, stage, aliases=[LATEST, *aliases])

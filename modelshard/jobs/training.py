@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import commit_version, staged_manifest
+from modelshard.catalog.commit import carry_assets, commit_version, staged_manifest
 from modelshard.catalog.keys import LATEST, parse_key
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import NotFoundError, UsageError
@@ -136,8 +136,10 @@ def train(
             m = run["metrics"]
             attrs = {SPEC_ATTR: spec.dumps(), EPOCH_ATTR: str(epoch), "train.parent": parent,
                      "train.loss": f"{m.loss:.6g}", "train.accuracy": f"{m.accuracy:.6g}"}
+            # Each epoch keeps the model's config and tokenizer files.
+            assets = carry_assets(cat, cat.manifest(name, parent), cat.fs, staging, workers=4)
             return staged_manifest(cat, name, new_version, staging, *plans_from_reports(reports),
-                                   shard_size=DEFAULT_SHARD_SIZE, workers=4, attrs=attrs)
+                                   shard_size=DEFAULT_SHARD_SIZE, workers=4, attrs=attrs, assets=assets)
 
         version = commit_version(cat, name, None, stage, aliases=[LATEST]).version
         job, metrics, bad = run["job"], run["metrics"], run["bad"]

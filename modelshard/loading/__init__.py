@@ -26,7 +26,7 @@ from typing import Any
 from modelshard.api import _catalog
 from modelshard.cache.preload import PreloadCache
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.manifest import ShardRecord
+from modelshard.catalog.manifest import AssetRecord, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
 from modelshard.errors import NotFoundError, UsageError
 from modelshard.loading.handle import ModelHandle
@@ -98,6 +98,7 @@ class PreloadReport:
     bytes: int
     fetched: int
     bytes_fetched: int
+    assets: int = 0  # the version's non-tensor files (config, tokenizer...), cached too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,9 +108,9 @@ def preload(key: str, *, tensors: Iterable[str] | None = None,
             catalog: str | os.PathLike | Catalog | None = None,
             cache_dir: str | os.PathLike | None = None, max_bytes: int | None = None,
             workers: int = DEFAULT_WORKERS) -> PreloadReport:
-    """Copy a version's shards (or only those holding ``tensors``) into the preload cache,
-    each checked as it is copied; shards already there are checked again, not fetched. A failed
-    copy (full disk, damaged shard) leaves no entry behind::
+    """Copy a version's shards (or only those holding ``tensors``) and its assets into the
+    preload cache, each checked as it is copied; files already there are checked again, not
+    fetched. A failed copy (full disk, damaged shard) leaves no entry behind::
 
         preload("bert@prod", cache_dir="/local/cache", max_bytes=20 << 30)
     """
@@ -131,7 +132,8 @@ def preload(key: str, *, tensors: Iterable[str] | None = None,
                     else f"'modelshard show {handle_key} --tensors' lists them"))
             wanted.update(p.shard for p in t.pieces)
         shards = [s for s in manifest.shards if s.path in wanted]
-    total = sum(s.size for s in shards)
+    files = [*shards, *manifest.assets.values()]
+    total = sum(s.size for s in files)
     if total > cache.max_bytes:
         raise UsageError(f"preload {handle_key}: {len(shards)} shards of {total} bytes do not fit "
                          f"the cache budget of {cache.max_bytes} bytes; raise --max-bytes or "
@@ -139,15 +141,16 @@ def preload(key: str, *, tensors: Iterable[str] | None = None,
     vdir = cat.version_dir(manifest.name, manifest.version)
     before = cache.stats()
 
-    def get(shard: ShardRecord, progress: Progress) -> None:
-        cache.get(cat.fs, posixpath.join(vdir, shard.path), sha256=shard.sha256, size=shard.size,
-                  checksums=shard.checksums, model=handle_key)
-        progress(shard.size)
+    def get(file: ShardRecord | AssetRecord, progress: Progress) -> None:
+        cache.get(cat.fs, posixpath.join(vdir, file.path), sha256=file.sha256, size=file.size,
+                  checksums=file.checksums, model=handle_key)
+        progress(file.size)
 
-    run_all(get, shards, workers=workers, total=total, desc=f"preload {handle_key}")
+    run_all(get, files, workers=workers, total=total, desc=f"preload {handle_key}")
     after = cache.stats()
     return PreloadReport(handle_key, cache.dir, len(shards), total,
-                         after.misses - before.misses, after.bytes_fetched - before.bytes_fetched)
+                         after.misses - before.misses, after.bytes_fetched - before.bytes_fetched,
+                         len(manifest.assets))
 
 
 __all__ = ["HandleStats", "ModelHandle", "PreloadReport", "default_cache_dir", "load", "open",

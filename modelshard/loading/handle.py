@@ -13,7 +13,7 @@ from typing import Any
 from modelshard.cache.preload import PreloadCache
 from modelshard.catalog import access
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.fetch import FRAMEWORKS
+from modelshard.catalog.fetch import FRAMEWORKS, read_asset
 from modelshard.catalog.manifest import Manifest, TensorRecord
 from modelshard.catalog.transfer import Progress, check_workers, run_all
 from modelshard.errors import ModelShardError, NotFoundError, UsageError
@@ -98,6 +98,14 @@ class ModelHandle:
         wanted = self.names() if names is None else list(dict.fromkeys(names))
         cast = None if dtype is None else as_dtype(dtype)
         return self._fetch([(n, None) for n in wanted], framework=framework, cast=cast)
+
+    def asset(self, name: str) -> bytes:
+        """The bytes of one of the version's non-tensor files (``manifest.assets``), checked;
+        through the handle's preload cache if it has one::
+
+            config = json.loads(h.asset("config.json"))
+        """
+        return read_asset(self.catalog, self.manifest, name, cache=self._cache)
 
     def stats(self) -> HandleStats:
         """Counters so far (see :class:`~modelshard.loading.stats.HandleStats`)."""

@@ -51,6 +51,12 @@ def chunk_ends(*, data_start: int, spans: Iterable[tuple[int, int]], size: int,
     return ends
 
 
+def fixed_chunk_ends(size: int, chunk_bytes: int = CHUNK_BYTES) -> list[int]:
+    """Where the chunks of a plain file (an asset: no header, no tensors) end: every
+    ``chunk_bytes`` from its start; none for an empty file."""
+    return [*range(chunk_bytes, size, chunk_bytes), size] if size else []
+
+
 @dataclass(frozen=True)
 class Checksums:
     """CRC32C of a shard: ``crc32c`` of the file, ``chunks[i]`` of chunk i, which ends at
@@ -85,6 +91,22 @@ class Checksums:
               and all(a < b for a, b in zip(c.ends, c.ends[1:], strict=False)))
         if not ok:
             raise ValueError(f"the chunk checksums do not cover the shard's {size} bytes")
+        return c
+
+
+    def to_file_json(self) -> dict:
+        """A plain file's checksums: its chunk ends follow from its size."""
+        return {"crc32c": f"{self.crc32c:08x}", "chunk_crc32c": list(self.chunks)}
+
+    @classmethod
+    def from_file_json(cls, doc: dict, *, size: int) -> Checksums:
+        """Parse what :meth:`to_file_json` writes; ValueError if it does not fit ``size``."""
+        ends = fixed_chunk_ends(size)
+        c = cls(int(_match(_HEX8, doc["crc32c"]), 16), tuple(ends),
+                tuple(_u32(x) for x in doc["chunk_crc32c"]))
+        if len(c.chunks) != len(ends):
+            raise ValueError(f"{len(c.chunks)} chunk checksums for a file of {size} bytes, which "
+                             f"has {len(ends)} chunks")
         return c
 
 

@@ -175,3 +175,31 @@ def test_copy_between_hdfs_and_local_catalogs(hdfs_model, hdfs_root, tmp_path):
     assert copied.version == m.version and modelshard.verify("m", catalog=back).shards == len(
         m.shards)
     assert modelshard.alias("m@latest", catalog=back) == m.version
+
+
+def test_assets_on_hdfs_are_replicated_pulled_and_copied(hdfs_root, tmp_path):
+    """A model folder's non-tensor files travel with the version on HDFS: replicate sets
+    them with the shards, pull and copy write them back byte for byte, verify checks them."""
+    from safetensors.numpy import save_file
+
+    fs, root = hdfs_root
+    uri = fs.uri(f"{root}/cat")
+    files = {"config.json": b'{"model_type": "bert"}', "1_Pooling/config.json": b"{}",
+             "tokenizer.json": bytes(range(256)) * 9000, "empty.txt": b""}
+    folder = tmp_path / "model"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    save_file(model(), str(folder / "model.safetensors"))
+    m = modelshard.push(str(folder), "m", catalog=uri, shard_size=256 * 1024)
+    assert sorted(m.assets) == sorted(files)
+    r = placement.replicate("m", replication=2, catalog=uri)
+    assert {s["path"] for s in r.shards} >= {f"assets/{n}" for n in files}
+    vdir = Catalog(uri).version_dir("m", m.version)
+    assert {fs.stat(f"{vdir}/assets/{n}").replication for n in files} == {2}
+    modelshard.verify("m", catalog=uri)
+    modelshard.pull("m", str(tmp_path / "pulled"), catalog=uri)
+    placement.copy("m", str(tmp_path / "local"), catalog=uri)
+    modelshard.pull("m", str(tmp_path / "copied"), catalog=str(tmp_path / "local"))
+    for out in ("pulled", "copied"):
+        assert {n: (tmp_path / out / n).read_bytes() for n in files} == files

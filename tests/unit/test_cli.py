@@ -47,7 +47,8 @@ def run_json(capsys, *argv):
 def test_every_verb_with_json(capsys, catalog, source, tmp_path):
     c = ["--catalog", catalog.uri]
     assert run_json(capsys, "push", source, "m", "--shard-size", "1K", "--alias", "prod", *c) \
-        == {"name": "m", "version": "1", "tensors": 2, "shards": 3, "total_size": 2424}
+        == {"name": "m", "version": "1", "tensors": 2, "shards": 3, "total_size": 2424,
+            "assets": 0, "skipped": []}
     rows = run_json(capsys, "ls", *c)
     assert [(r["name"], r["version"], r["aliases"]) for r in rows] == \
         [("m", "1", ["latest", "prod"])]
