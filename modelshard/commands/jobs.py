@@ -98,23 +98,13 @@ def _job_args(args: argparse.Namespace) -> dict:
             "python_archive": args.python_archive, "mrjob_conf": args.mrjob_conf, "echo": _echo}
 
 
-def parse_spec(text: str) -> ModelSpec:
-    if text.startswith("mlp:"):
-        try:
-            sizes = [int(s) for s in text[4:].split(",")]
-        except ValueError:
-            raise UsageError(f"--init {text!r}: write mlp:IN,HIDDEN,...,OUT with whole numbers") from None
-        return ModelSpec("mlp", {"sizes": sizes})
-    return ModelSpec.parse(text)
-
-
 def _train(args: argparse.Namespace) -> Output:
     from modelshard.jobs.records import read_labeled
     from modelshard.jobs.training import train
 
     test = read_labeled(args.eval, args.format) if args.eval else None
     r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-              init=parse_spec(args.init) if args.init else None, num_reduces=args.reducers, fmt=args.format,
+              init=ModelSpec.from_text(args.init) if args.init else None, num_reduces=args.reducers, fmt=args.format,
               test_data=test, out_dir=args.out, trust_code=args.trust_code, **_job_args(args))
     epochs = [e.__dict__ for e in r.epochs]
     last = r.epochs[-1] if r.epochs else None

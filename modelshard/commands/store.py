@@ -33,6 +33,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--paranoid", action="store_true",
                    help="read every shard back and check its sha256 (default: the storage's "
                         "own checksum, no read-back)")
+    p.add_argument("--model", metavar="FACTORY[:KWARGS]",
+                   help="the factory that builds the model for predict and train: mlp:64,64,10, "
+                        "transformers (the default for a folder with config.json), "
+                        "'transformers:head=sequence-classification', a modelshard.models entry "
+                        "point, or JSON {\"factory\": ..., \"kwargs\": {...}}")
+    p.add_argument("--trust-code", action="store_true",
+                   help="accept a --model module:function that is not registered")
     workers(p)
 
     p = command("pull", _pull, "write a version to a folder that Hugging Face tools load")
@@ -75,8 +82,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _push(args: argparse.Namespace) -> Output:
+    attrs = {}
+    if args.model:
+        from modelshard.jobs.models import SPEC_ATTR, ModelSpec, factory
+
+        spec = ModelSpec.from_text(args.model)
+        factory(spec.factory, trust_code=args.trust_code)  # refuse an unknown one before pushing
+        attrs[SPEC_ATTR] = spec.dumps()
     m = api.push(args.source, args.key, catalog=args.catalog, shard_size=args.shard_size,
-                 workers=args.workers, aliases=args.aliases, paranoid=args.paranoid)
+                 workers=args.workers, aliases=args.aliases, paranoid=args.paranoid, attrs=attrs)
     skipped = json.loads(m.attrs.get(api.SKIPPED_ATTR, "[]"))
     data = {"name": m.name, "version": m.version, "tensors": len(m.tensors),
             "shards": len(m.shards), "total_size": m.total_size, "assets": len(m.assets),
