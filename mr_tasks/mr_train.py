@@ -14,7 +14,7 @@ from mrjob.protocol import JSONProtocol, RawValueProtocol
 
 from modelshard.jobs import wire
 from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, load_model, trusts_code
-from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, input_width
+from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, declared_width
 from modelshard.jobs.records import BadRecord, parse_record
 from modelshard.jobs.shardio import write_shard_file
 from modelshard.jobs.train import average, train_split
@@ -36,7 +36,7 @@ class MRTrain(MRJob):
         self.set_status("loading model " + conf("model"))
         self.model = load_model(conf("catalog"), conf("model"), progress=self.set_status,
                                 trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)))
-        self.n_features = input_width(self.model)
+        self.n_features = declared_width(self.model)
         self.fmt = conf("format", "jsonl")
         self.xs, self.ys = [], []
 

@@ -56,13 +56,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(run=_train)
 
     p = sub.add_parser("predict", parents=[job, trust], help="predict every record of DATA into OUTPUT",
-                       description="Batch prediction as a map-only job: OUTPUT gets JSON lines "
-                                   "id<TAB>class, and _bad_records.jsonl for malformed records.")
+                       description="Batch prediction as a map-only job: OUTPUT gets lines "
+                                   "id<TAB>value (both JSON; the value --output asks for), and "
+                                   "_bad_records.jsonl for the records that do not fit, with the reason.")
     p.add_argument("key")
     p.add_argument("data", help="file or folder of records")
     p.add_argument("output", help="a folder that does not exist yet")
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--input", dest="inputs", default="features", metavar="KIND",
+                   help="what a record holds: features (the x list; default), tokens[:FIELD] (token "
+                        "ids, default field input_ids) or text:FIELD (tokenized by the model's own "
+                        "tokenizer in the tasks)")
+    p.add_argument("--output", dest="outputs", default="class", metavar="KIND",
+                   help="what to emit per record: class (default), scores, topk:K, embedding or tensor")
     p.add_argument("--cache-dir", help="the nodes' preload cache: tasks read verified shards from it")
     p.add_argument("--budget", type=size_arg, help="most model bytes a task holds in memory, e.g. 2G")
     p.set_defaults(run=_predict)
@@ -123,7 +130,7 @@ def _predict(args: argparse.Namespace) -> Output:
 
     r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size,
                 cache_dir=args.cache_dir, budget_bytes=args.budget, trust_code=args.trust_code,
-                **_job_args(args))
+                inputs=args.inputs, outputs=args.outputs, **_job_args(args))
     return Output(r.__dict__, f"predicted {r.records - r.bad_records} records with {r.model} into {r.output}"
                               + (f"; {r.bad_records} bad records in _bad_records.jsonl" if r.bad_records else ""))
 

@@ -1,6 +1,7 @@
-"""The prediction driver: resolves the model and checks the input before any job starts,
-runs ``mr_predict`` and gathers its bad records into ``_bad_records.jsonl`` beside the
-predictions (files starting with ``_`` are skipped by Hadoop's input formats)."""
+"""The prediction driver: resolves the model and checks the input, and what the records hold
+and what to emit, before any job starts, runs ``mr_predict`` and gathers its bad records into
+``_bad_records.jsonl`` beside the predictions (files starting with ``_`` are skipped by
+Hadoop's input formats)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from modelshard.errors import AlreadyExistsError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
+from modelshard.jobs.hf import TOKENIZER_FILES
 from modelshard.jobs.launch import input_files, job_path, run_job
 from modelshard.jobs.modelio import model_spec
+from modelshard.jobs.predict import InputSpec, OutputSpec
 from modelshard.jobs.records import check_format
 from mr_tasks.mr_predict import MRPredict
 
@@ -51,15 +54,25 @@ def predict(
     mrjob_conf: bool = True,
     echo: Callable[[str], object] | None = None,
     trust_code: bool = False,
+    inputs: str = "features",
+    outputs: str = "class",
 ) -> PredictResult:
     """Predict every record under ``data`` with ``key``; predictions land in ``output``
-    as JSON lines ``id<TAB>class``. ``cache_dir``: the nodes' preload cache, where tasks
-    find (or put) the verified shards; ``budget_bytes``: most model bytes a task holds;
-    ``trust_code``: allow a model factory that is not registered::
+    as lines ``id<TAB>value``, both JSON. ``inputs``: ``features`` (default), ``tokens[:FIELD]``
+    or ``text:FIELD`` (tokenized in the tasks by the version's own tokenizer); ``outputs``:
+    ``class`` (default), ``scores``, ``topk:K``, ``embedding`` or ``tensor`` (see
+    :mod:`modelshard.jobs.predict`). A record that does not fit the model is set aside with
+    its reason in ``_bad_records.jsonl``. ``cache_dir``: the nodes' preload cache, where tasks
+    find (or put) the verified shards and assets; ``budget_bytes``: most model bytes a task
+    holds; ``trust_code``: allow a model factory that is not registered::
 
         predict("digits@prod", "hdfs:///data/digits/test", "hdfs:///out/pred", runner="hadoop")
+        predict("minilm", "reviews.jsonl", "out", inputs="text:review", outputs="embedding")
     """
     check_format(fmt)
+    input_spec, output_spec = InputSpec.parse(inputs), OutputSpec.parse(outputs)
+    if input_spec.kind != "features" and fmt != "jsonl":
+        raise UsageError(f"--input {inputs} reads a field of JSON lines; use --format jsonl")
     cat = Catalog(catalog)  # a relative catalog path becomes absolute: tasks run elsewhere
     check_catalog(runner, cat.uri)
     if cache_dir and not os.path.isabs(cache_dir):
@@ -70,6 +83,9 @@ def predict(
     name, version = cat.resolve(key)
     model = f"{name}@{version}"  # pin the version: an alias may move while tasks start
     model_spec(cat, model, trust_code=trust_code)
+    if input_spec.kind == "text" and not set(TOKENIZER_FILES) & set(cat.manifest(name, version).assets):
+        raise UsageError(f"--input {inputs}: {model} has no tokenizer files among its assets; push "
+                         "the model's folder with its tokenizer, or give token ids (--input tokens:FIELD)")
     files = input_files(data)
     out_fs, out_path = get_fs(output)
     if out_fs.exists(out_path):
@@ -78,6 +94,7 @@ def predict(
         "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
+        "input_spec": inputs, "output_spec": str(output_spec),
         "trust_code": trust_code, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
                   jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,

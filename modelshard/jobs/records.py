@@ -36,8 +36,10 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def parse_record(line: str, fmt: str, *, n_features: int | None = None) -> tuple[object, np.ndarray, int | None]:
-    """``(id, features, label or None)`` of one line."""
+def parse_record(line: str, fmt: str, *, n_features: int | None = None,
+                 field: str = "x") -> tuple[object, np.ndarray, int | None]:
+    """``(id, features, label or None)`` of one line; ``field``: where JSON lines hold the
+    features."""
     if fmt == "jsonl":
         try:
             rec = orjson.loads(line)
@@ -45,7 +47,7 @@ def parse_record(line: str, fmt: str, *, n_features: int | None = None) -> tuple
             raise BadRecord(f"not JSON: {e}") from None
         if not isinstance(rec, dict):
             raise BadRecord("not a JSON object")
-        rid, x, y = rec.get("id"), rec.get("x"), rec.get("y")
+        rid, x, y = rec.get("id"), rec.get(field), rec.get("y")
     else:
         parts = line.rstrip("\r\n").split(",")
         if len(parts) < 3:
