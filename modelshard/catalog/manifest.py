@@ -19,6 +19,11 @@ carries Hugging Face's ``model.safetensors.index.json`` (``metadata.total_size``
      "weight_map": {"emb": "model-00001-of-00001.safetensors"}, "attrs": {},
      "sealed_crc32c": "0badc0de"}
 
+A version made from a model folder also lists its non-tensor files (config.json, tokenizer
+files, model card...) under ``"assets"``: ``{"config.json": {"size", "sha256", "crc32c",
+"chunk_crc32c"}}`` (chunks of 1 MiB from the start; the file is ``assets/<name>``); the key is
+absent when there are none, and manifests without it load as before.
+
 The last key is the CRC32C of the document before it (:func:`~modelshard.shards.checksums.seal`),
 so a changed byte anywhere in the manifest is found when it is read. Manifests written
 before the CRC32C checksums have neither: they still load, and their shards are checked by

