@@ -171,3 +171,21 @@ def test_pytorch_bin_folders_are_converted_with_their_files(catalog, tmp_path):
 def test_in_memory_arrays_have_no_assets(catalog):
     m = api.push({"w": np.ones(3, np.float32)}, "m", catalog=catalog)
     assert m.assets == {} and "push.skipped" not in m.attrs
+
+
+def test_training_epochs_keep_the_model_files(tmp_path):
+    from modelshard.jobs.models import SPEC_ATTR, ModelSpec, build
+    from modelshard.jobs.training import train
+
+    spec = ModelSpec("mlp", {"sizes": [4, 3]})
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    save_file({k: v.numpy() for k, v in build(spec).state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "labels.json").write_text('["a", "b", "c"]')
+    cat = str(tmp_path / "cat")
+    api.push(folder, "mlp", catalog=cat, attrs={SPEC_ATTR: spec.dumps()})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"id": i, "x": [i, 1, 0, 1], "y": i % 3}) + "\n"
+                                                  for i in range(12)))
+    r = train("mlp", str(tmp_path / "train.jsonl"), epochs=1, catalog=cat, num_reduces=1)
+    with modelshard.open(f"mlp@{r.epochs[0].version}", catalog=cat) as h:
+        assert h.asset("labels.json") == b'["a", "b", "c"]'
