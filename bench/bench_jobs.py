@@ -129,7 +129,7 @@ def bench_predict(tmp: Path, runs: int, n_rows: int, yarn: bool) -> None:
     fs, root = get_fs(f"hdfs:///tmp/modelshard-bench/{uuid.uuid4().hex}")
     hcat = fs.uri(f"{root}/catalog")
     hkey = "digits@" + init_model(Catalog(hcat), "digits", SPEC)
-    times = {}
+    times, spread = {}, {}
     for n in (n_rows // 10, n_rows):
         write_predict_rows(tmp / "y.jsonl", n)
         fs.write_bytes(f"{root}/in-{n}.jsonl", (tmp / "y.jsonl").read_bytes())
@@ -139,13 +139,21 @@ def bench_predict(tmp: Path, runs: int, n_rows: int, yarn: bool) -> None:
                            catalog=hcat, runner="hadoop")
             assert res.records == n
             ts.append(t)
-        times[n] = statistics.median(ts)
-        print(f"predict on YARN, {n} rows: {times[n]:.1f} s")
+        times[n], spread[n] = statistics.median(ts), max(ts) - min(ts)
+        print(f"predict on YARN, {n} rows: {times[n]:.1f} s (runs {', '.join(f'{t:.1f}' for t in ts)})")
     small, big = n_rows // 10, n_rows
-    per_record = (times[big] - times[small]) / (big - small)
-    fixed = times[small] - per_record * small
-    rows.append((f"prediction on YARN: fixed start-up cost / per-record rate (fit of {small} and {big} rows)",
-                 f"{fixed:.1f} s + {1 / per_record:,.0f} rec/s", "-", "-", "report"))
+    extra = times[big] - times[small]
+    label = f"prediction on YARN: fixed start-up cost / per-record rate (fit of {small} and {big} rows)"
+    if extra <= max(spread.values()):
+        # The larger input took no measurably longer: a rate from this difference is noise
+        # (it once printed -89,240 records/s). Only the fixed cost is known.
+        rows.append((label, f"{times[small]:.1f} s vs {times[big]:.1f} s: rate not measurable, the "
+                     f"difference is within the run-to-run spread of {max(spread.values()):.1f} s; "
+                     "use more --rows", "-", "-", "report"))
+    else:
+        per_record = extra / (big - small)
+        rows.append((label, f"{times[small] - per_record * small:.1f} s + {1 / per_record:,.0f} rec/s",
+                     "-", "-", "report"))
     fs.delete(root, recursive=True)
 
 
