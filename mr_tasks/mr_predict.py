@@ -35,6 +35,7 @@ class MRPredict(MRJob):
             output=OutputSpec.parse(conf("predict.output", "class")),
             cache_dir=conf("predict.cache_dir", "") or None, budget_bytes=int(budget) if budget else None,
             trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)), record_stats=True,
+            threads=int(conf("predict.threads", "") or 0),
             progress=self.set_status, counter=lambda name, n: self.increment_counter(COUNTERS, name, n))
 
     def mapper(self, _, line):

@@ -143,8 +143,9 @@ def load_state(model: nn.Module, state: dict[str, Any], *, key: str) -> None:
     missing = set(model.load_state_dict(mapped, strict=False).missing_keys)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    loaded = {p.data_ptr() for n, p in model.state_dict().items() if n in mapped}
-    missing = sorted(n for n in missing if model.state_dict()[n].data_ptr() not in loaded)
+    after = model.state_dict()
+    loaded = {p.data_ptr() for n, p in after.items() if n in mapped}
+    missing = sorted(n for n in missing if after[n].data_ptr() not in loaded)
     if missing:
         raise UsageError(f"weights of {key} do not fit its transformers model "
                          f"{type(model).__name__}: {len(missing)} missing, e.g. {', '.join(missing[:3])}; "

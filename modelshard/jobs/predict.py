@@ -146,7 +146,7 @@ class Predictor:
         self.pad_id = int(getattr(getattr(model, "config", None), "pad_token_id", None) or 0)
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.ids: list[object] = []
-        self.rows: list[np.ndarray] = []
+        self.rows: list[Any] = []  # arrays; texts until their batch is tokenized
         self.lines: list[str] = []
         self.records = self.bad = self.batches = self.predicted = 0
 
@@ -169,7 +169,7 @@ class Predictor:
         self.bad += 1
         return None, {"error": reason, "record": line.rstrip("\r\n")[:MAX_BAD_RECORD_CHARS]}
 
-    def _parse(self, line: str) -> tuple[object, np.ndarray]:
+    def _parse(self, line: str) -> tuple[object, np.ndarray | str]:
         if self.inputs.kind == "features":
             rid, x, _ = parse_record(line, self.fmt, n_features=self.n_features, field=self.inputs.field)
             return rid, x
@@ -187,9 +187,7 @@ class Predictor:
         if self.inputs.kind == "text":
             if not isinstance(value, str) or not value:
                 raise BadRecord(f"field {self.inputs.field!r} is not a non-empty string")
-            ids = self.tokenizer(value, truncation=self.max_tokens is not None,
-                                 max_length=self.max_tokens)["input_ids"]
-            return rid, np.asarray(ids, dtype=np.int64)
+            return rid, value  # tokenized with its batch (_tokenize): one call for all
         if not isinstance(value, list) or not value or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in value):
             raise BadRecord(f"field {self.inputs.field!r} is not a non-empty list of token ids")
@@ -205,8 +203,16 @@ class Predictor:
         return rid, ids
 
     # -- batches ---------------------------------------------------------------------------
+    def _tokenize(self) -> None:
+        """The batch's texts as token ids, in one call of the (fast, Rust) tokenizer."""
+        if self.inputs.kind == "text":
+            ids = self.tokenizer(self.rows, truncation=self.max_tokens is not None,
+                                 max_length=self.max_tokens)["input_ids"]
+            self.rows = [np.asarray(r, dtype=np.int64) for r in ids]
+
     def _predict(self) -> Iterator[tuple[object, object]]:
         self.batches += 1
+        self._tokenize()
         items = list(range(len(self.ids)))
         values: dict[int, object] = {}
         groups = [items] if self.hf and self.inputs.kind != "features" else _by_shape(self.rows)
@@ -301,11 +307,14 @@ class Predictor:
 
 def open_predictor(catalog_uri: str, key: str, *, fmt: str, batch_size: int, inputs: InputSpec,
                    output: OutputSpec, cache_dir: str | None = None, budget_bytes: int | None = None,
-                   trust_code: bool = False, **load_options: Any) -> Predictor:
+                   trust_code: bool = False, threads: int | None = None, **load_options: Any) -> Predictor:
     """A task's predictor: the model of ``key`` (:func:`~modelshard.jobs.modelio.load_model`,
     ``load_options`` passed on) and, for text inputs, the version's own tokenizer, both from
     the version's checked files (through the node's preload cache when ``cache_dir`` is
-    given)."""
+    given). ``threads``: torch's threads, the cores the task was given (YARN's vcores)."""
+    if threads:
+        # torch starts a thread per core of the host; tasks that share a node would fight.
+        torch.set_num_threads(threads)
     from modelshard.catalog.catalog import Catalog
     from modelshard.jobs.hf import tokenizer as hf_tokenizer
     from modelshard.jobs.modelio import VersionAssets, load_model

@@ -95,6 +95,8 @@ def predict(
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
         "input_spec": inputs, "output_spec": str(output_spec),
+        # A task process gets the cores of its container; the inline runner's task is this process.
+        "threads": "" if runner == "inline" else 1,
         "trust_code": trust_code, **(job_options or {})})
     job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
                   jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
