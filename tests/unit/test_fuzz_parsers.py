@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 import modelshard
 from modelshard.catalog.manifest import Manifest
@@ -82,9 +83,15 @@ def use_header(raw: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> list[tuple[bytes, Callable[[bytes], None]]]:
-    cat = str(tmp_path_factory.mktemp("fuzz") / "cat")
+    tmp = tmp_path_factory.mktemp("fuzz")
+    cat = str(tmp / "cat")
     state = {"emb": np.ones((12, 10), np.float32), "b": np.zeros(3, np.int8), "s": np.float32(2)}
-    manifest = modelshard.push(state, "m", catalog=cat, shard_size=200, attrs={"k": "v"}).to_json()
+    # A model folder: the manifest lists assets too (config, a subfolder's file, an empty one).
+    (tmp / "model" / "sub").mkdir(parents=True)
+    save_file({k: np.asarray(v) for k, v in state.items()}, str(tmp / "model" / "model.safetensors"))
+    for name, data in (("config.json", b"{}"), ("sub/t.txt", b"x" * 3000), ("empty", b"")):
+        (tmp / "model" / name).write_bytes(data)
+    manifest = modelshard.push(str(tmp / "model"), "m", catalog=cat, shard_size=200, attrs={"k": "v"}).to_json()
     items = [ShardItem(name, dtypes.get(dt, where="fuzz"), shape, lambda o, n: b"")
              for name, dt, shape in (("a", "F32", (2, 3)), ("b", "BF16", ()), ("c", "U8", (0, 4)))]
     header = encode_header(items)[0][8:]
