@@ -24,21 +24,39 @@ from modelshard.catalog.keys import LATEST
 
 LEASE = 3.0
 REPO = Path(__file__).resolve().parents[2]
-STATE = "{f't{i}': np.full((64, 1024), i, np.float32) for i in range(16)}"
-# Sixteen shards moved one at a time, so the operation lasts long enough to be hit anywhere.
+MODEL_BYTES = 16 * (256 << 10)
+# Shards moved one at a time (argv[2] of a push: their size; of a reshard: their number), so
+# the operation lasts long enough to be hit anywhere.
 SCRIPTS = {
-    "push": f"modelshard.push({STATE}, 'm', catalog=argv[1], shard_size=256 << 10, workers=1, aliases=['prod'])",
+    "push": "from tests.faults.test_kill_9 import model\n"
+            "modelshard.push(model(), 'm', catalog=argv[1], shard_size=int(argv[2]), workers=1, aliases=['prod'])",
     "copy": "modelshard.placement.copy(f'm@{argv[3]}', argv[1], catalog=argv[2], workers=1)",
-    "alias": "for _ in range(int(argv[2])): [modelshard.alias('m@prod', v, catalog=argv[1]) for v in (1, 2)]",
+    # Its start-up writes nothing: the kills aim at the moves, once it says they begin.
+    "alias": "modelshard.alias('m@prod', catalog=argv[1])\nprint('moving', flush=True)\n"
+             "for _ in range(int(argv[2])): [modelshard.alias('m@prod', v, catalog=argv[1]) for v in (1, 2)]",
     "reshard": "from modelshard.jobs.resharding import reshard\n"
-               "reshard('m@1', shard_count=8, tasks=8, runner='inline', catalog=argv[1], aliases=['prod'])",
+               "reshard('m@1', shard_count=int(argv[2]), tasks=int(argv[2]), runner='inline', "
+               "catalog=argv[1], aliases=['prod'])",
 }
+
+
+def model() -> dict[str, np.ndarray]:
+    """What every trial pushes: 16 tensors t0..t15 of 256 KiB, each full of its number."""
+    return {f"t{i}": np.full((64, 1024), i, np.float32) for i in range(16)}
 
 
 def start(operation: str, *args: str, lease: float = LEASE) -> subprocess.Popen:
     code = f"import sys, numpy as np, modelshard, modelshard.placement\nargv = sys.argv\n{SCRIPTS[operation]}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "MODELSHARD_LEASE_SECONDS": str(lease)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=REPO, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def begun(operation: str, proc: subprocess.Popen) -> None:
+    """Wait until ``proc`` reached the part of ``operation`` that the kills aim at: the moves
+    of an alias (which says so), the whole of any other operation."""
+    if operation == "alias":
+        assert proc.stdout.readline() == b"moving\n", proc.stderr.read().decode()
 
 
 def finish(proc: subprocess.Popen) -> None:
@@ -78,12 +96,14 @@ def check_gc(cat: Catalog) -> None:
 
 def whole_run(operation: str, args: Callable[[int], tuple[str, ...]], *, lease: float = LEASE
               ) -> float:
-    """The quicker of two whole runs of ``operation`` (``args(-2)``, ``args(-1)``): a load
-    spike must not push every kill past the end."""
+    """The quicker of two whole runs of ``operation`` (``args(-2)``, ``args(-1)``), from
+    where the kills aim (:func:`begun`): a load spike must not push every kill past the end."""
     durations = []
     for k in (-2, -1):
+        proc = start(operation, *args(k), lease=lease)
+        begun(operation, proc)
         started = time.monotonic()
-        finish(start(operation, *args(k), lease=lease))
+        finish(proc)
         durations.append(time.monotonic() - started)
     return min(durations)
 
@@ -97,6 +117,7 @@ def kill_spread(operation: str, args: Callable[[int], tuple[str, ...]], trials: 
     killed = 0
     for trial in range(trials):
         proc = start(operation, *args(trial), lease=lease)
+        begun(operation, proc)
         # Trial k aims at the k-th slice of the operation, start-up included, and a quarter
         # more: one running slower than the timed one is still hit at its end.
         time.sleep(1.25 * duration * (trial + rng.random()) / trials)
@@ -107,23 +128,25 @@ def kill_spread(operation: str, args: Callable[[int], tuple[str, ...]], trials: 
     return killed
 
 
-def fill_source(source: str, versions: int = 23) -> None:
-    """The source catalog of the copy trials: trial k copies version k + 3 (the timing runs
-    versions 1 and 2), as a dead copy's claim holds its version a lease long."""
-    state = {f"t{i}": np.full((64, 1024), i, np.float32) for i in range(16)}
+def fill_source(source: str, *, shards: int = 16, versions: int = 23) -> None:
+    """The source catalog of the copy trials, versions of ``shards`` shards: trial k copies
+    version k + 3 (the timing runs versions 1 and 2), as a dead copy's claim holds its
+    version a lease long."""
     for _ in range(versions):
-        modelshard.push(state, "m", catalog=source, shard_size=256 << 10)
+        modelshard.push(model(), "m", catalog=source, shard_size=MODEL_BYTES // shards)
 
 
 def commit_trials(catalog: str, trials: int, *, operation: str = "push", source: str = "",
-                  seed: int = 10) -> str:
-    """``trials`` pushes (reshards of version 1, or copies from ``source`` filled by
-    :func:`fill_source`) killed at points spread over a whole one; returns the figures."""
+                  shards: int = 16, seed: int = 10) -> str:
+    """``trials`` pushes of ``shards`` shards (reshards of such a version 1 to half as many, or
+    copies from ``source`` filled by :func:`fill_source`) killed at points spread over a
+    whole one; returns the figures."""
     def args(k: int) -> tuple[str, ...]:
-        return (catalog, source, str(k + 3)) if operation == "copy" else (catalog,)
+        return {"push": (catalog, str(MODEL_BYTES // shards)), "copy": (catalog, source, str(k + 3)),
+                "reshard": (catalog, str(shards // 2))}[operation]
 
     if operation == "reshard":
-        finish(start("push", catalog))
+        finish(start("push", catalog, str(MODEL_BYTES // shards)))
     duration = whole_run(operation, args)
     cat = Catalog(catalog, lease_seconds=LEASE)
     before = check_aliases(cat)
