@@ -31,6 +31,16 @@ class IntegrityError(ModelShardError):
     """Stored bytes do not match their checksum or their header: the data is damaged."""
 
 
+class UnreadableError(IntegrityError):
+    """The storage itself found stored bytes damaged and serves none of them (HDFS: no
+    replica of a block passes HDFS's checksum). ``what`` says what happened without the
+    advice, for a caller that names the model, version and shard."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
 class FormatError(ModelShardError):
     """A file or record is not in the expected format (safetensors header, manifest, record)."""
 

@@ -12,7 +12,9 @@ Every byte modelshard hands out of a shard comes through here, from any source:
   caller-given buffers or a sink (pull, the cache, the scheduler, copy, verify, push's
   ``--paranoid`` read-back).
 
-A mismatch raises IntegrityError naming the model, version and shard and saying what to do.
+A mismatch raises IntegrityError naming the model, version and shard and saying what to do;
+so does a read that the storage refuses because its own checksums found the damage first
+(HDFS with no intact replica of a block: :class:`~modelshard.errors.UnreadableError`).
 ``unverified_for_benchmarks=True`` turns the checks off; it exists to measure what they
 cost, never for use.
 
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 from crc32c import crc32c
 
 from modelshard.catalog.manifest import ShardRecord
-from modelshard.errors import IntegrityError, ModelShardError
+from modelshard.errors import IntegrityError, ModelShardError, UnreadableError
 from modelshard.fs.base import FileSystem
 from modelshard.shards.checksums import Checksums, ChunkWriter
 from modelshard.shards.format import CHUNK, Header, parse_header
@@ -55,16 +57,20 @@ class Stored(Protocol):
     def checksums(self) -> Checksums | None: ...
 
 
-def damaged(model: str | None, uri: str, what: str) -> IntegrityError:
-    """The error for a shard whose bytes are not the manifest's."""
+def damaged(model: str | None, uri: str, what: str, *, part: str = "shard") -> IntegrityError:
+    """The error for a shard (or the manifest, ``part="manifest"``) whose bytes are not the
+    manifest's, or that the storage could not read intact."""
+    fsck = (f"; HDFS: 'hdfs fsck {uri} -files -blocks -locations' lists its replicas, and "
+            "HDFS re-replicates a block from an intact one by itself" if uri.startswith("hdfs://")
+            else "")
     if model is None:
-        return IntegrityError(f"{uri}: {what}; the stored shard is damaged: restore it or push "
-                              "the model again")
+        return IntegrityError(f"{uri}: {what}; the stored {part} is damaged: restore it or push "
+                              f"the model again{fsck}")
+    verify = f"'modelshard verify {model}' checks every shard; " if part == "shard" else ""
     return IntegrityError(
-        f"{model}: shard {uri}: {what}. The stored shard is damaged: 'modelshard verify "
-        f"{model}' checks every shard; restore it by pushing the model again or copying the "
-        "version from another catalog ('modelshard copy'); on HDFS, 'hdfs fsck PATH -files "
-        "-blocks' shows whether a good replica is left to re-replicate from")
+        f"{model}: {part} {uri}: {what}. The stored {part} is damaged: {verify}restore it by "
+        f"pushing the model again or copying the version from another catalog ('modelshard "
+        f"copy'){fsck}")
 
 
 class StreamCheck:
@@ -122,20 +128,23 @@ def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
         segments += _pieces(scratch, offset - pos) + [view]
         pos = offset + len(view)
     segments += _pieces(scratch, record.size - pos)
-    with fs.open_read(path) as f:
-        for segment in segments:
-            for start in range(0, len(segment), chunk_bytes):
-                part = segment[start:start + chunk_bytes]
-                n = f.readinto(part)
-                check.update(part[:n])
-                if sink:
-                    sink(part[:n])
-                if progress:
-                    progress(n)
-                if n < len(part):  # shorter than the manifest says
-                    check.finish()
-        while n := f.readinto(scratch):  # longer than the manifest says
-            check.update(scratch[:n])
+    try:
+        with fs.open_read(path) as f:
+            for segment in segments:
+                for start in range(0, len(segment), chunk_bytes):
+                    part = segment[start:start + chunk_bytes]
+                    n = f.readinto(part)
+                    check.update(part[:n])
+                    if sink:
+                        sink(part[:n])
+                    if progress:
+                        progress(n)
+                    if n < len(part):  # shorter than the manifest says
+                        check.finish()
+            while n := f.readinto(scratch):  # longer than the manifest says
+                check.update(scratch[:n])
+    except UnreadableError as e:  # the storage's own checksums found the damage first
+        raise damaged(model, fs.uri(path), e.what) from e
     check.finish()
 
 
@@ -241,7 +250,10 @@ class VerifiedShard:
         wanted = sorted({r for r in ranges if r[0] < r[1]})
         out: dict[tuple[int, int], memoryview] = {}
         for lo, hi, members in coalesce([(*widen(b, e), b, e) for b, e in wanted]):
-            data = memoryview(self._pread(lo, hi - lo))
+            try:
+                data = memoryview(self._pread(lo, hi - lo))
+            except UnreadableError as e:  # the storage's own checksums found the damage
+                raise self._fail(e.what) from e
             self._count(range_reads=1, range_bytes=hi - lo)
             if len(data) != hi - lo:
                 raise self._fail(f"{len(data)} bytes at offset {lo}, expected {hi - lo}: the "

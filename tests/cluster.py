@@ -1,23 +1,29 @@
 """Helpers for tests that act on the bundled cluster: stop and start one daemon (through the
-cluster script, by pid), run a job in the background, and ask YARN and the MapReduce
-ApplicationMaster (through the ResourceManager's proxy) what its tasks are doing."""
+cluster script, by pid), run a job in the background, ask YARN and the MapReduce
+ApplicationMaster (through the ResourceManager's proxy) what its tasks are doing, and find
+(and damage) the block files that hold an HDFS file's replicas on the DataNodes' disks."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.faults.test_byte_flips import flip
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "bin" / "modelshard-cluster"
 RM = "http://127.0.0.1:8088"
 JHS = "http://127.0.0.1:19888"
+NN = "http://127.0.0.1:9870"
 
 
 def cluster(*args: str, timeout: float = 240) -> str:
@@ -114,3 +120,66 @@ class BackgroundJob:
 
     def am_host(self) -> str:
         return get_json(f"{RM}/ws/v1/cluster/apps/{self.app_id}")["app"]["amHostHttpAddress"].split(":")[0]
+
+
+# -- block files -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """One block of an HDFS file: where it starts in the file, and its replicas' block files
+    (``blk_<id>``) in the order the NameNode lists them, the order a reader tries them."""
+
+    id: int
+    offset: int
+    length: int
+    replicas: tuple[Path, ...]
+
+
+def _user() -> str:
+    return os.environ.get("USER", "root")
+
+
+def volumes(host: str, info_port: int) -> list[Path]:
+    """The data folders of the DataNode at ``host`` (from its JMX: no guess of the layout)."""
+    beans = get_json(f"http://{host}:{info_port}/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo")
+    return [Path(v) for v in json.loads(beans["beans"][0]["VolumeInfo"])]
+
+
+def blocks(path: str) -> list[Block]:
+    """The blocks of the HDFS file ``path`` and their finalized replicas' files on the
+    DataNodes' disks, from the NameNode's block locations and the DataNodes' volumes."""
+    located = get_json(f"{NN}/webhdfs/v1{path}?op=GET_BLOCK_LOCATIONS&user.name={_user()}")
+    found = []
+    for lb in located["LocatedBlocks"]["locatedBlocks"]:
+        b = lb["block"]
+        files: list[Path] = []
+        for loc in lb["locations"]:
+            for volume in volumes(loc["hostName"], loc["infoPort"]):
+                # Finalized replicas only: one still in rbw/ is moved when its DataNode is done.
+                files += (volume / "current" / b["blockPoolId"] / "current" / "finalized"
+                          ).rglob(f"blk_{b['blockId']}")
+        found.append(Block(b["blockId"], lb["startOffset"], b["numBytes"], tuple(files)))
+    return found
+
+
+def block_at(path: str, offset: int, *, timeout: float = 60) -> Block:
+    """The block of the HDFS file ``path`` that holds the byte at ``offset``, once it has as
+    many finalized replicas as the file's replication (a DataNode may report and finalize its
+    replica a moment after the writer's close returned)."""
+    want = get_json(f"{NN}/webhdfs/v1{path}?op=GETFILESTATUS&user.name={_user()}")["FileStatus"]["replication"]
+    deadline = time.monotonic() + timeout
+    while True:
+        block = next(b for b in blocks(path) if b.offset <= offset < b.offset + b.length)
+        if len(block.replicas) >= want:
+            return block
+        assert time.monotonic() < deadline, f"{path}: {want} replicas not finalized in {timeout} s: {block}"
+        time.sleep(0.2)
+
+
+def flip_byte(path: str, offset: int, *, replicas: int | None = None) -> list[Path]:
+    """Flip one bit of the byte at ``offset`` of the HDFS file ``path`` in the block files of
+    its first ``replicas`` replicas (None: all), as a failing disk would; the files changed."""
+    block = block_at(path, offset)
+    changed = list(block.replicas[:replicas])
+    for file in changed:
+        flip(str(file), offset - block.offset)
+    return changed

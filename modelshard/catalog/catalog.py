@@ -65,10 +65,12 @@ from modelshard.errors import (
     ModelShardError,
     NotFoundError,
     StorageError,
+    UnreadableError,
     UsageError,
 )
 from modelshard.fs import FileInfo, get_fs
 from modelshard.shards.checksums import Checksums
+from modelshard.verified import damaged
 
 ENV = "MODELSHARD_CATALOG"
 _RETRIES = 50
@@ -181,6 +183,8 @@ class Catalog:
             self.require()
             raise NotFoundError(f"{name}@{version} is not in catalog {self.uri}; "
                                 f"'modelshard ls {name}' lists its versions") from None
+        except UnreadableError as e:
+            raise damaged(f"{name}@{version}", self.fs.uri(path), e.what, part="manifest") from e
         manifest = Manifest.from_json(raw, where=self.fs.uri(path))
         if manifest.has_checksums:
             return manifest

@@ -9,8 +9,12 @@ JVM options come from ``LIBHDFS_OPTS`` and the jars from ``$HADOOP_HOME/bin/hado
     assert fs.read_range("/models/a/x.bin", 4, 3) == b"456"
     fs.uri("/models/a/x.bin")                   # 'hdfs://127.0.0.1:9000/models/a/x.bin'
 
-libhdfs prints the Java exception of a failed call on stderr; the Python error raised here
-names the path and says what to do.
+The Python error raised here names the path, says what happened (the Java exception behind
+a failed call, which the patched libhdfs keeps instead of printing its stack trace: see
+bin/pydoop-2.0.0.patch) and what to do. The HDFS client in this process logs nothing: its
+log (a checksum error and a retry per replica, a stack trace, then an ERROR line, for one
+damaged block) says on stderr what the error says in one line. ``LIBHDFS_OPTS="...
+-Dhadoop.root.logger=INFO,console"`` and ``LIBHDFS_PRINT_EXCEPTIONS=1`` bring both back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import errno
 import io
 import os
 import posixpath
+import re
 import shutil
 import threading
 import time
@@ -32,10 +37,10 @@ from urllib.parse import urlsplit
 
 from modelshard.errors import (
     AlreadyExistsError,
-    IntegrityError,
     ModelShardError,
     NotFoundError,
     StorageError,
+    UnreadableError,
 )
 from modelshard.fs.base import BlockLocation, FileInfo, FileSystem, read_fully
 
@@ -76,7 +81,11 @@ def _pydoop_hdfs() -> ModuleType:
                               "your Hadoop's bin/ on PATH")
     # pydoop finds `hadoop` through HADOOP_HOME (see bin/pydoop-2.0.0.patch).
     os.environ.setdefault("HADOOP_HOME", str(home))
-    os.environ.setdefault("LIBHDFS_OPTS", f"{_JAVA17_OPENS} -Xmx512m")
+    opts = os.environ.get("LIBHDFS_OPTS") or f"{_JAVA17_OPENS} -Xmx512m"
+    if "-Dhadoop.root.logger=" not in opts:  # log4j.properties reads the level from it
+        opts += " -Dhadoop.root.logger=OFF,console"
+    os.environ["LIBHDFS_OPTS"] = opts
+    os.environ.setdefault("LIBHDFS_PRINT_EXCEPTIONS", "0")  # errors carry the exception
     try:
         import pydoop.hdfs
     except ImportError as e:
@@ -154,6 +163,7 @@ class HdfsFileSystem(FileSystem):
     def _error(self, path: str, action: str, e: Exception) -> ModelShardError:
         """The modelshard error for libhdfs's errno-style error ``e`` on ``path``."""
         where = self.uri(path)
+        java = self._java_exception()  # taken whatever the error: none is left for the next
         if isinstance(e, FileNotFoundError):
             return NotFoundError(f"{where}: no such file or folder")
         if isinstance(e, FileExistsError):
@@ -165,22 +175,31 @@ class HdfsFileSystem(FileSystem):
             )
         if isinstance(e, NotADirectoryError):
             return StorageError(f"{where}: a parent of this path is a file, not a folder")
-        # libhdfs turns Java exceptions it has no errno for into 255 and prints them.
-        detail = "the Java exception above on stderr says why" if _errno(e) == 255 else str(e)
+        # libhdfs turns Java exceptions it has no errno for into 255; a pydoop built before
+        # it kept them (bin/pydoop-2.0.0.patch) printed them instead.
+        detail = java or ("the Java exception above on stderr says why" if _errno(e) == 255
+                          else str(e))
         if action == "read" and self._namenode_answers(path):
             # HDFS checks every read against the CRC32C of each 512-byte chunk that the
             # DataNodes keep: a read that fails with the NameNode up found no good replica.
-            return IntegrityError(
-                f"{where}: HDFS found no intact replica of a block of this file ({detail}): "
-                "every replica it tried failed HDFS's own checksum or its DataNode is down. "
-                f"'bin/hadoop fsck {path} -files -blocks -locations' lists the blocks and "
-                "their replicas; HDFS re-replicates a block from any good replica left by "
-                "itself; if none is left, push the model again or copy the version back from "
-                "another catalog ('modelshard copy')")
+            block = m[0] if java and (m := re.search(r"blk_\d+(?:_\d+)?", java)) else "a block"
+            what = (f"HDFS found no intact replica of {block} of this file: every replica it "
+                    f"tried failed HDFS's own checksum or its DataNode is down ({detail})")
+            return UnreadableError(
+                f"{where}: {what}. 'hdfs fsck {where} -files -blocks -locations' lists the "
+                "blocks and their replicas; HDFS re-replicates a block from any good replica "
+                "left by itself; if none is left, push the model again or copy the version "
+                "back from another catalog ('modelshard copy')", what)
         return StorageError(
             f"{where}: HDFS could not {action} ({detail}); if the NameNode is down, start it "
             "(bin/modelshard-cluster start)"
         )
+
+    def _java_exception(self) -> str | None:
+        """The Java exception behind this thread's latest failed libhdfs call (taking it
+        clears it), or None with a pydoop built before the patch kept it."""
+        take = getattr(self._fs, "take_last_exception", None)
+        return take() if take else None
 
     def _namenode_answers(self, path: str) -> bool:
         try:

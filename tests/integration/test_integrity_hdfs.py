@@ -1,18 +1,42 @@
-"""Issue 9 on HDFS: a shard rewritten with one byte changed (HDFS's own block checksums then
+"""Issue 9 on HDFS. A shard rewritten with one byte changed (HDFS's own block checksums then
 match the new bytes: only modelshard's CRC32C can tell) is found by every read path with
-default options; a push checks what HDFS stored."""
+default options; a push checks what HDFS stored.
+
+A byte changed in the block files on the DataNodes' disks, as a failing disk changes it, is
+found first by HDFS, which checks every read against the CRC32C it keeps of each 512 bytes:
+in one replica, every read path falls back to another and serves the right data (and the
+command prints nothing on stderr); in every replica (of a shard's data or header, or of the
+manifest), every read path fails with a modelshard error naming the model, version, shard
+or manifest, what happened and what to do, and the command says it in one line, without a
+Java stack trace. Each test pushes its own version: the NameNode marks a replica that a
+reader found damaged as corrupt, and no test depends on when."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import modelshard
 from modelshard import placement
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.commit import shard_block_size
+from modelshard.catalog.manifest import MANIFEST
 from modelshard.errors import FormatError, IntegrityError
+from tests.cluster import blocks, flip_byte
 from tests.counting_fs import CountingFileSystem
+from tests.store_data import assert_same
+
+REPO = Path(__file__).resolve().parents[2]
 
 STATE = {f"w{i}": np.full((64, 16), i, np.float32) for i in range(6)}
 VICTIM = "w2"
@@ -39,14 +63,25 @@ def pushed(hdfs_root):
     return uri, modelshard.push(STATE, "m", catalog=uri, shard_size=8192)
 
 
-def _rewrite_flipped(uri: str, m, where: str) -> str:
+def _target(uri: str, m, where: str) -> tuple[str, int, str]:
+    """The HDFS path of version 1's file to damage, the offset of a byte in ``where`` (the
+    victim's data, the first shard header's JSON, the manifest), and the file's name."""
     cat = Catalog(uri)
+    if where == "manifest":
+        path = f"{cat.version_dir('m', m.version)}/{MANIFEST}"
+        return path, cat.fs.stat(path).size // 2, MANIFEST
     piece = m.tensors[VICTIM].pieces[0]
     path = f"{cat.version_dir('m', m.version)}/{piece.shard}"
+    return path, (piece.begin + piece.end) // 2 if where == "tensor data" else 20, piece.shard
+
+
+def _rewrite_flipped(uri: str, m, where: str) -> str:
+    cat = Catalog(uri)
+    path, offset, shard = _target(uri, m, where)
     data = bytearray(cat.fs.read_bytes(path))
-    data[(piece.begin + piece.end) // 2 if where == "tensor data" else 20] ^= 0x04
+    data[offset] ^= 0x04
     cat.fs.write_bytes(path, bytes(data), block_size=shard_block_size(len(data)))
-    return piece.shard
+    return shard
 
 
 @pytest.mark.parametrize("where", ["tensor data", "header"])
@@ -87,3 +122,150 @@ def test_a_stored_shard_that_differs_aborts_the_push(hdfs_root, monkeypatch):
     with pytest.raises(IntegrityError, match="the storage holds other bytes than were written"):
         modelshard.push(STATE, "m", catalog=uri, shard_size=8192)
     assert not fs.exists(f"{root}/cat/models/m/1")
+
+
+# -- a byte changed in the DataNodes' block files ---------------------------------------------
+def _cached(tmp: Path, m) -> None:
+    """The preload cache holds every shard, each intact."""
+    entries = [p for p in (tmp / "c").rglob("*") if p.is_file() and len(p.name) == 64]
+    assert sorted(p.name for p in entries) == sorted(s.sha256 for s in m.shards)
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in entries)
+
+
+def _folder(folder: Path) -> dict[str, np.ndarray]:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+# What each read path served (or wrote) is the pushed data.
+SERVED = {
+    "get": lambda got, tmp, m: np.array_equal(got, STATE[VICTIM]),
+    "get_rows": lambda got, tmp, m: np.array_equal(got, STATE[VICTIM][3:4]),
+    "load through the cache": lambda got, tmp, m: assert_same(got, STATE) is None,
+    "load under a budget": lambda got, tmp, m: assert_same(got, STATE) is None,
+    "pull into memory": lambda got, tmp, m: assert_same(got, STATE) is None,
+    "pull to a folder": lambda got, tmp, m: assert_same(_folder(tmp / "out"), STATE) is None,
+    "preload": lambda got, tmp, m: _cached(tmp, m) is None,
+    "copy": lambda got, tmp, m: assert_same(modelshard.pull("m", catalog=str(tmp / "other")),
+                                            STATE) is None,
+    "verify": lambda got, tmp, m: True,  # it checked every shard's sha256 and CRC32C
+}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a command run from this checkout."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modelshard", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env or _env(), timeout=600)
+
+
+def _read_right(path: str, uri: str, tmp: Path, m) -> None:
+    """Read version 1 by ``path`` and check that what it served is the pushed data."""
+    if path in READ_PATHS:
+        assert SERVED[path](READ_PATHS[path](uri, tmp), tmp, m), path
+        return
+    command = ["load", "m"] if path == "modelshard load" else ["pull", "m", str(tmp / "cli")]
+    out = _cli(*command, "--catalog", uri)
+    assert (out.returncode, out.stderr) == (0, "")  # not even a warning of the HDFS client
+    if command[0] == "pull":
+        assert_same(_folder(tmp / "cli"), STATE)
+
+
+# The commands read as the API does; what is theirs, a silent stderr while HDFS falls back,
+# does not depend on where the byte is (and each of their tries costs a JVM start).
+ONE_REPLICA = [(path, where) for where in ("tensor data", "header", "manifest")
+               for path in READ_PATHS] + [("modelshard load", "tensor data"),
+                                          ("modelshard pull", "tensor data")]
+
+
+@pytest.mark.parametrize("path, where", ONE_REPLICA)
+def test_a_byte_flipped_in_one_replica_is_read_from_another(pushed, tmp_path, path, where):
+    uri, m = pushed
+    hdfs_path, offset, _ = _target(uri, m, where)
+    damaged = flip_byte(hdfs_path, offset, replicas=1)
+    # A reader tries the replicas in the order the NameNode gives, shuffled at each open, and
+    # reports one that fails HDFS's checksum; the NameNode then lists it no more. So read
+    # until that happened: the damaged replica was met, and what was served is still right.
+    for tries in range(1, 31):
+        _read_right(path, uri, tmp_path / str(tries), m)
+        if damaged[0] not in {f for b in blocks(hdfs_path) for f in b.replicas}:
+            break
+    else:
+        raise AssertionError(f"30 reads by {path} never met the damaged replica {damaged[0]}")
+
+
+def read_everywhere(uri: str, tmp: str) -> dict[str, str | None]:
+    """Every read path of READ_PATHS on the catalog ``uri``: its error, or None if it read.
+    Run in a process of its own by the test below."""
+    errors: dict[str, str | None] = {}
+    for name, read in READ_PATHS.items():
+        try:
+            read(uri, Path(tmp) / name)
+            errors[name] = None
+        except modelshard.ModelShardError as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+    return errors
+
+
+def _fast_retries(tmp: Path) -> dict[str, str]:
+    """The environment of a client that gives up on a block after HDFS's usual three rounds
+    over its replicas, without the 3 to 15 s it waits before each round
+    (``dfs.client.retry.window.base``): a copy of the cluster's client configuration."""
+    conf = tmp / "client-conf"
+    shutil.copytree(os.environ["HADOOP_CONF_DIR"], conf)
+    site = conf / "hdfs-site.xml"
+    site.write_text(site.read_text().replace("</configuration>", (
+        "  <property><name>dfs.client.retry.window.base</name><value>10</value></property>\n"
+        "</configuration>")))
+    return _env(HADOOP_CONF_DIR=str(conf))
+
+
+def _says_it(error: str, part: str) -> None:
+    """``error`` names the model, version and damaged file, says what happened and what to
+    do, in one line without a Java stack trace."""
+    assert "\n" not in error.rstrip("\n") and "\tat " not in error, error
+    for words in ("m@1", part, "HDFS found no intact replica of", "hdfs fsck hdfs://",
+                  "the model again", "'modelshard copy'"):
+        assert words in error, (words, error)
+    # What HDFS said: a read by range ends in the checksum error, a streamed one gives up on
+    # the block after its rounds over the replicas.
+    assert "fs.ChecksumException: Checksum CRC32C not matched" in error or \
+        "hdfs.BlockMissingException: Could not obtain block" in error, error
+
+
+@pytest.mark.parametrize("where", ["tensor data", "header", "manifest"])
+def test_a_byte_flipped_in_every_replica_fails_every_read_path_in_one_line(pushed, tmp_path, where):
+    uri, m = pushed
+    hdfs_path, offset, part = _target(uri, m, where)
+    assert len(flip_byte(hdfs_path, offset)) == 3
+    env = _fast_retries(tmp_path)
+    code = ("import json, sys\nfrom tests.integration.test_integrity_hdfs import read_everywhere\n"
+            "print(json.dumps(read_everywhere(sys.argv[1], sys.argv[2])))")
+    run = subprocess.run([sys.executable, "-c", code, uri, str(tmp_path)], capture_output=True,
+                         text=True, cwd=REPO, env=env, timeout=600)
+    assert (run.returncode, run.stderr) == (0, "")  # no stack trace, no log of the HDFS client
+    errors = json.loads(run.stdout)
+    assert sorted(errors) == sorted(READ_PATHS)
+    for name, error in errors.items():
+        assert error is not None and error.startswith("IntegrityError: "), (name, error)
+        _says_it(error, part)
+    for command in (["load", "m"], ["pull", "m", str(tmp_path / "cli")]):
+        out = _cli(*command, "--catalog", uri, env=env)
+        assert out.returncode == 1 and out.stdout == "", out
+        assert out.stderr.startswith(f"modelshard {command[0]}: error: "), out.stderr
+        _says_it(out.stderr, part)
+    assert not (tmp_path / "cli").exists() or not any((tmp_path / "cli").iterdir())
+
+
+def test_with_the_clusters_own_retries_the_command_waits_then_says_it_in_one_line(pushed):
+    uri, m = pushed
+    hdfs_path, offset, part = _target(uri, m, "tensor data")
+    flip_byte(hdfs_path, offset)
+    started = time.monotonic()
+    out = _cli("load", "m", "--tensors", VICTIM, "--catalog", uri)
+    print(f"modelshard load gave up after {time.monotonic() - started:.1f} s")  # docs/reliability.md
+    assert out.returncode == 1 and out.stdout == ""
+    _says_it(out.stderr, part)

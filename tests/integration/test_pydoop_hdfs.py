@@ -1,6 +1,7 @@
 """The foundation proof: pydoop, as bin/build-pydoop built it, on the real HDFS. Everything
 HdfsFileSystem relies on is checked here on pydoop itself: write with replication and block
-size, pread at an offset, list, set and read back replication, block hosts."""
+size, pread at an offset, list, set and read back replication, block hosts, the Java
+exception behind a failed call kept for the error message (per thread) instead of printed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -77,6 +79,44 @@ def test_errors_carry_errno(pydoop_dir):
     fs.open_file(f"{root}/f", "wb").close()
     with pytest.raises(NotADirectoryError):
         fs.create_directory(f"{root}/f/sub")
+
+
+def test_a_failed_call_keeps_its_java_exception_for_the_error_not_for_stderr(pydoop_dir, capfd,
+                                                                           monkeypatch):
+    fs, root = pydoop_dir
+    native = fs.fs  # the calls themselves, without the wrapper's own checks
+    native.create_directory(f"{root}/d")
+    native.open_file(f"{root}/d/x", "w").close()
+    native.take_last_exception()  # whatever an earlier test left on this thread
+    for printing in ("1", "0"):
+        monkeypatch.setenv("LIBHDFS_PRINT_EXCEPTIONS", printing)  # read at each failure
+        with pytest.raises(OSError) as e:
+            native.delete(f"{root}/d", False)  # not empty: an exception libhdfs has no errno for
+        assert e.value.errno == 255
+        kept = native.take_last_exception()
+        # The first line of each: the NameNode's exception arrives with its stack trace.
+        assert kept.startswith("org.apache.hadoop.fs.PathIsNotEmptyDirectoryException: "
+                               f"``{root}/d is non empty': Directory is not empty; caused by "
+                               "org.apache.hadoop.ipc.RemoteException"), kept
+        assert "\n" not in kept and native.take_last_exception() is None  # taking it cleared it
+        printed = capfd.readouterr().err
+        assert ("\tat org.apache.hadoop" in printed) == (printing == "1"), printed
+    # Each thread keeps its own: another thread's failure leaves this one's alone.
+    with pytest.raises(OSError):
+        native.delete(f"{root}/d", False)
+    seen = []
+
+    def fail_elsewhere() -> None:
+        try:
+            native.create_directory(f"{root}/d/x/sub")
+        except NotADirectoryError:
+            seen.append(native.take_last_exception())
+
+    other = threading.Thread(target=fail_elsewhere)
+    other.start()
+    other.join()
+    assert seen[0].startswith("org.apache.hadoop.fs.ParentNotDirectoryException: "), seen
+    assert native.take_last_exception().startswith("org.apache.hadoop.fs.PathIsNotEmptyDirectoryException")
 
 
 def test_threads_share_one_connection(cluster):

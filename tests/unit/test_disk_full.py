@@ -1,6 +1,7 @@
 """A full disk during a push is one line on stderr and leaves the catalog as it was: the
 shards, the manifest or an alias entry cannot be written (``/dev/full`` fails every write
-with ENOSPC, at write time for a large buffer and at close for a small one)."""
+with ENOSPC, at write time for a large buffer and at close for a small one). The same with a
+disk that really fills, a small tmpfs (root only): ``tests/faults/test_full_tmpfs.py``."""
 
 from __future__ import annotations
 
