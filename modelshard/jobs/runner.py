@@ -133,3 +133,11 @@ class HadoopRunner(HadoopJobRunner):
             self._fs.add_fs("hadoop", InProcessHdfs(self._opts["hadoop_bin"] or None))
             self._fs.add_fs("local", LocalFilesystem())
         return self._fs
+
+    def _stream_task_log_dirs(self, application_id=None, output_dir=None):
+        # mrjob offers each log dir as a list of its own and stops at the first list with any
+        # log of the application: on several NodeManagers that is the ApplicationMaster's host,
+        # and a failed task's stderr on the other host is never read. Offer them as one list.
+        dirs = [d for ds in super()._stream_task_log_dirs(application_id, output_dir) for d in ds]
+        if dirs:
+            yield dirs

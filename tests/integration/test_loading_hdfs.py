@@ -4,6 +4,7 @@ between an HDFS and a local catalog, locality recorded."""
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -80,11 +81,22 @@ def replicas(cat, m):
     return [[len(b.hosts) for b in cat.fs.block_hosts(f"{vdir}/{s.path}")] for s in m.shards]
 
 
+def fully_replicated(cat, m, n=3, timeout=120):
+    """Whether every block reaches ``n`` replicas: a write pipeline that lost a slow DataNode
+    ends with fewer, and the NameNode copies the missing ones in the background."""
+    deadline = time.monotonic() + timeout
+    while {k for shard in replicas(cat, m) for k in shard} != {n}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def test_replicate_waits_for_the_replicas_on_distinct_hosts(hdfs_model):
     uri, _, m = hdfs_model
     cat = Catalog(uri)
     assert placement.live_datanodes(cat.fs) == 3
-    assert {n for shard in replicas(cat, m) for n in shard} == {3}  # dfs.replication 3 on 3 DataNodes
+    assert fully_replicated(cat, m, 3)  # dfs.replication 3 on 3 DataNodes
     r = placement.replicate("m", replication=1, catalog=uri)
     assert {(s["before"], s["after"]) for s in r.shards} == {(3, 1)}
     assert all(s["replicas"] == [1] * len(s["replicas"]) for s in r.shards)
@@ -100,6 +112,7 @@ def test_replicate_waits_for_the_replicas_on_distinct_hosts(hdfs_model):
 def test_replicate_beyond_the_live_datanodes_is_refused_and_changes_nothing(hdfs_model, caplog):
     uri, _, m = hdfs_model
     cat = Catalog(uri)
+    assert fully_replicated(cat, m, 3)
     with pytest.raises(UsageError, match="only 3 DataNode.*nothing was changed"):
         placement.replicate("m", replication=4, catalog=uri)
     vdir = cat.version_dir("m", m.version)
