@@ -1,7 +1,9 @@
 """Batch prediction over records on HDFS (or local files): each task opens the model once,
 predicts in batches, and emits ``id -> value`` (the class, scores, top k, embedding or
 tensor that ``--output`` asks for); a record that does not fit is emitted with a null id and
-its reason (the driver splits them into a side output) and counted.
+its reason (the driver splits them into a side output) and counted. With Parquet output the
+task writes its predictions to a file of its own and emits only bad records and that file's
+report (``modelshard.jobs.parquet``).
 
 Settings come from the job XML (``templates/predict_config.xml.j2``) as jobconf.
 """
@@ -11,6 +13,7 @@ from mrjob.job import MRJob
 from mrjob.protocol import RawValueProtocol
 
 from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, trusts_code
+from modelshard.jobs.parquet import ParquetSink
 from modelshard.jobs.predict import InputSpec, OutputSpec, open_predictor
 from modelshard.jobs.wire import OrjsonProtocol
 
@@ -37,12 +40,21 @@ class MRPredict(MRJob):
             trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)), record_stats=True,
             threads=int(conf("predict.threads", "") or 0),
             progress=self.set_status, counter=lambda name, n: self.increment_counter(COUNTERS, name, n))
+        self.sink = None
+        if conf("predict.output_format", "jsonl") == "parquet":
+            self.sink = ParquetSink(conf("output"), kind=self.predictor.output.kind,
+                                    attempt=jobconf_from_env("mapreduce.task.attempt.id"))
+
+    def emit(self, pairs):
+        return self.sink.take(pairs) if self.sink else pairs
 
     def mapper(self, _, line):
-        yield from self.predictor.add(line)
+        yield from self.emit(self.predictor.add(line))
 
     def mapper_final(self):
-        yield from self.predictor.flush()
+        yield from self.emit(self.predictor.flush())
+        if self.sink:
+            yield self.sink.close()
         p = self.predictor
         for name, n in (("records", p.records), ("bad records", p.bad), ("batches", p.batches)):
             self.increment_counter(COUNTERS, name, n)

@@ -11,6 +11,7 @@ from modelshard.cli import Output, human_bytes, size_arg
 from modelshard.errors import UsageError
 from modelshard.jobs.hadoop import RUNNERS
 from modelshard.jobs.models import ModelSpec
+from modelshard.jobs.parquet import FORMATS as OUTPUT_FORMATS
 from modelshard.jobs.records import FORMATS
 
 
@@ -70,6 +71,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "tokenizer in the tasks)")
     p.add_argument("--output", dest="outputs", default="class", metavar="KIND",
                    help="what to emit per record: class (default), scores, topk:K, embedding or tensor")
+    p.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl",
+                   help="jsonl: id<TAB>value lines (default); parquet: part-NNNNN.parquet files of "
+                        "id and the output, for Hive and Spark")
     p.add_argument("--cache-dir", help="the nodes' preload cache: tasks read verified shards from it")
     p.add_argument("--budget", type=size_arg, help="most model bytes a task holds in memory, e.g. 2G")
     p.set_defaults(run=_predict)
@@ -130,7 +134,8 @@ def _predict(args: argparse.Namespace) -> Output:
 
     r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size,
                 cache_dir=args.cache_dir, budget_bytes=args.budget, trust_code=args.trust_code,
-                inputs=args.inputs, outputs=args.outputs, **_job_args(args))
+                inputs=args.inputs, outputs=args.outputs, output_format=args.output_format,
+                **_job_args(args))
     return Output(r.__dict__, f"predicted {r.records - r.bad_records} records with {r.model} into {r.output}"
                               + (f"; {r.bad_records} bad records in _bad_records.jsonl" if r.bad_records else ""))
 

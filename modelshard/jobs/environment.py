@@ -67,7 +67,7 @@ _WRITE_BUFFER = 8 << 20
 _FORMAT = 2  # what the packer leaves out or adds; part of every environment's key
 # Resharding tasks never import torch, and torch alone brings gigabytes of CUDA wheels.
 # Resharding moves bytes: neither torch nor transformers (nor what only they need) goes there.
-_SLIM_EXCLUDES = frozenset({"torch", "transformers", "tokenizers"})
+_SLIM_EXCLUDES = frozenset({"torch", "transformers", "tokenizers", "pyarrow"})
 _OWN = frozenset({"modelshard"})
 _OWN_PACKAGES = ("modelshard", "mr_tasks")
 _STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo",

@@ -18,6 +18,7 @@ from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.hf import TOKENIZER_FILES
 from modelshard.jobs.launch import input_files, job_path, run_job
 from modelshard.jobs.modelio import model_spec
+from modelshard.jobs.parquet import JOB_DIR, check_output_format, discard, publish
 from modelshard.jobs.predict import InputSpec, OutputSpec
 from modelshard.jobs.records import check_format
 from mr_tasks.mr_predict import MRPredict
@@ -56,13 +57,15 @@ def predict(
     trust_code: bool = False,
     inputs: str = "features",
     outputs: str = "class",
+    output_format: str = "jsonl",
 ) -> PredictResult:
     """Predict every record under ``data`` with ``key``; predictions land in ``output``
     as lines ``id<TAB>value``, both JSON. ``inputs``: ``features`` (default), ``tokens[:FIELD]``
     or ``text:FIELD`` (tokenized in the tasks by the version's own tokenizer); ``outputs``:
     ``class`` (default), ``scores``, ``topk:K``, ``embedding`` or ``tensor`` (see
-    :mod:`modelshard.jobs.predict`). A record that does not fit the model is set aside with
-    its reason in ``_bad_records.jsonl``. ``cache_dir``: the nodes' preload cache, where tasks
+    :mod:`modelshard.jobs.predict`); ``output_format="parquet"``: Parquet files of ``id`` and
+    the output instead (:mod:`modelshard.jobs.parquet`). A record that does not fit the model
+    is set aside with its reason in ``_bad_records.jsonl``. ``cache_dir``: the nodes' preload cache, where tasks
     find (or put) the verified shards and assets; ``budget_bytes``: most model bytes a task
     holds; ``trust_code``: allow a model factory that is not registered::
 
@@ -70,6 +73,7 @@ def predict(
         predict("minilm", "reviews.jsonl", "out", inputs="text:review", outputs="embedding")
     """
     check_format(fmt)
+    parquet = check_output_format(output_format) == "parquet"
     input_spec, output_spec = InputSpec.parse(inputs), OutputSpec.parse(outputs)
     if input_spec.kind != "features" and fmt != "jsonl":
         raise UsageError(f"--input {inputs} reads a field of JSON lines; use --format jsonl")
@@ -94,18 +98,26 @@ def predict(
         "job_name": f"modelshard-predict {model}", "num_maps": len(files), "num_reduces": 0,
         "catalog": cat.uri, "model": model, "input": data, "output": output, "format": fmt,
         "batch_size": batch_size, "cache_dir": cache_dir or "", "budget_bytes": budget_bytes or "",
-        "input_spec": inputs, "output_spec": str(output_spec),
+        "input_spec": inputs, "output_spec": str(output_spec), "output_format": output_format,
         # A task process gets the cores of its container; the inline runner's task is this process.
         "threads": "" if runner == "inline" else 1,
         "trust_code": trust_code, **(job_options or {})})
-    job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, out_path),
-                  jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
-                  mrjob_conf=mrjob_conf, overrides=overrides, echo=echo,
-                  keep=lambda line: line.startswith(b"null\t"))  # only bad records are read back
+    job_dir = f"{out_path}/{JOB_DIR}" if parquet else out_path  # Parquet: files named by the driver
+    try:
+        job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, job_dir),
+                      jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
+                      mrjob_conf=mrjob_conf, overrides=overrides, echo=echo,
+                      keep=lambda line: line.startswith(b"null\t"))  # bad records and file reports
+    except Exception:
+        if parquet:
+            discard(out_fs, out_path)
+        raise
     counts = job.counters.get("modelshard", {})
-    bad = [v for k, v in job.output if k is None]
+    bad = [v for k, v in job.output if k is None and "error" in v]
     if bad:
         out_fs.write_bytes(f"{out_path}/{BAD_RECORDS}", "".join(json.dumps(b) + "\n" for b in bad).encode())
+    if parquet:
+        publish(out_fs, out_path, [v for k, v in job.output if k is None and "parquet" in v])
     return PredictResult(model=model, output=out_fs.uri(out_path), records=counts.get("records", 0),
                          bad_records=counts.get("bad records", 0), batches=counts.get("batches", 0),
                          application_id=job.application_id, tracking_url=job.tracking_url, counters=job.counters)
