@@ -153,10 +153,11 @@ def run_job(
                     for name, n in names.items():
                         counters.setdefault(group, {})[name] = counters.get(group, {}).get(name, 0) + n
     except StepFailedException as e:
-        cause = collector.cause()
+        app = collector.find(r"(application_\d+_\d+)")
+        cause = (isinstance(r, HadoopRunner) and app and r.task_error(app)) or collector.cause()
         name = job_class.__name__
         raise JobError(f"{name} failed on the {runner} runner: {cause or e}"
-                       + (f" (application {a})" if (a := collector.find(r"(application_\d+_\d+)")) else "")
+                       + (f" (application {app})" if app else "")
                        + "; see the task logs for the full traceback") from e
     except ModelShardError:
         raise

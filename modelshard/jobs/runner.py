@@ -13,6 +13,7 @@ import contextlib
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mrjob.cat import decompress
@@ -141,3 +142,35 @@ class HadoopRunner(HadoopJobRunner):
         dirs = [d for ds in super()._stream_task_log_dirs(application_id, output_dir) for d in ds]
         if dirs:
             yield dirs
+
+    def task_error(self, application_id: str) -> str | None:
+        """The Python error of the application's most recently failed task, from the stderr
+        of its containers in the NodeManagers' local log folders. mrjob ties a failed attempt
+        to its container only through job history files in those folders, which a cluster
+        with a JobHistory server keeps on HDFS instead; then it reports the Java wrapper's
+        "subprocess failed with code 1" and not the task's own error."""
+        errors = []
+        for log_dir in self._hadoop_log_dirs():
+            if urlsplit(log_dir).scheme not in ("", "file"):
+                continue
+            for stderr in Path(urlsplit(log_dir).path, "userlogs", application_id).glob("container_*/stderr"):
+                with contextlib.suppress(OSError):
+                    if error := python_error(stderr.read_text(errors="replace")):
+                        errors.append((stderr.stat().st_mtime, error))
+        return max(errors)[1] if errors else None
+
+
+def python_error(text: str) -> str | None:
+    """The exception of the last Python traceback in ``text`` (a task's stderr): its line and
+    the lines of its message up to a blank or log line, joined; None without a traceback."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    error = []
+    for ln in lines[starts[-1] + 1:]:
+        if error and (not ln.strip() or re.match(r"log4j:|\d{4}-\d\d-\d\d ", ln)):
+            break
+        if error or not ln.startswith(" "):  # frames are indented; the exception is not
+            error.append(ln.strip())
+    return " ".join(error)[:2000] or None
