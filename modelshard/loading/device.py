@@ -46,7 +46,13 @@ from typing import TYPE_CHECKING, Any
 
 from modelshard.catalog.manifest import ShardRecord
 from modelshard.catalog.transfer import check_workers, run_all
-from modelshard.errors import ModelShardError, NotFoundError, StorageError, UsageError
+from modelshard.errors import (
+    IntegrityError,
+    ModelShardError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
 from modelshard.fs.locality import replica_is_local
 from modelshard.loading.plan import segments
 from modelshard.shards.checksums import Checksums
@@ -508,7 +514,13 @@ def fill_module(handle: ModelHandle, module: Any, *, device: Any = None,
                          f"version lacks, e.g. {', '.join(missing[:5])}; pass strict=False to "
                          "load the others and leave these as they are")
     with torch.no_grad():
-        served = _run(handle, wants, pool_bytes=pool_bytes, workers=workers)
+        try:
+            served = _run(handle, wants, pool_bytes=pool_bytes, workers=workers)
+        except IntegrityError as e:
+            if len(replace) < len(done):  # some were filled in place
+                raise IntegrityError(f"{e} (the module's tensors that were filled in place "
+                                     "are partly overwritten: load them again)") from e
+            raise
         for names, old, new in replace:
             value = torch.nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(
                 old, torch.nn.Parameter) else new

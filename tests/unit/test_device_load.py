@@ -293,6 +293,8 @@ def test_a_flipped_byte_leaves_a_meta_module_untouched(tmp_path):
     with pytest.raises(IntegrityError, match=f"net@1: shard .*{piece.shard}.*CRC32C"):
         modelshard.load_into(net, "net", catalog=root, device="cpu", pool_bytes=1 << 20)
     assert all(t.is_meta for t in net.state_dict().values())
+    with pytest.raises(IntegrityError, match="filled in place are partly overwritten"):
+        modelshard.load_into(Net(), "net", catalog=root)
     with pytest.raises(IntegrityError, match=piece.shard), modelshard.open("net", catalog=root) as h:
         load_state_dict_to(h, [("proj.weight", None)], device=CPU)
 
