@@ -319,9 +319,9 @@ RSS_SCRIPT = textwrap.dedent("""
     cat, pool, layers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     def build():
         return torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(layers)])
-    with torch.device("meta"):
-        net = build()
-    modelshard.load_into(build(), "big", catalog=cat)  # warm: imports, first allocations
+    # Warm: imports and the manifest; not the pool, which the allocator might keep.
+    import modelshard.loading.device
+    modelshard.open("big", catalog=cat, record_stats=False).close()
     with torch.device("meta"):
         net = build()
     model = sum(t.numel() * t.element_size() for t in net.state_dict().values())
@@ -338,14 +338,15 @@ def test_load_into_adds_the_pool_not_a_second_copy_of_the_model(tmp_path):
     root = str(tmp_path / "cat")
     modelshard.push(dict(net.state_dict()), "big", catalog=root)
     del net
-    pool = 32 << 20
+    pool = 64 << 20
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, root, str(pool), str(layers)],
                          capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
     model, added = map(int, out.stdout.split())
     assert model > 300 << 20
     # The model's own memory on the device (here the CPU), plus at most the pool + 10%.
-    assert added - model <= pool * 1.1, (model, added)
+    assert 0 < added - model <= pool * 1.1, (model, added)
+    print(f"peak RSS added beyond the model: {(added - model) / 2**20:.1f} MiB, pool {pool >> 20} MiB")
 
 
 # -- on a CUDA device ------------------------------------------------------------------
