@@ -218,9 +218,9 @@ class _Reader:
     HDFS range reads) opened once, header checked once, and every unit read into the
     caller's slot and checked there by :class:`VerifiedShard`."""
 
-    def __init__(self, handle: ModelHandle, record: ShardRecord, closing: contextlib.ExitStack
-                 ) -> None:
-        self._h, self.record = handle, record
+    def __init__(self, handle: ModelHandle, record: ShardRecord, closing: contextlib.ExitStack,
+                 expected: dict[str, tuple[str, int, int]]) -> None:
+        self._h, self.record, self._expected = handle, record, expected
         self._path = handle.catalog.version_dir(handle.manifest.name,
                                                 handle.manifest.version) + "/" + record.path
         self._closing = closing
@@ -277,7 +277,7 @@ class _Reader:
             stream=lambda: read_stream(fs, self._path, rec, model=h.key), checked=trusted,
             unverified_for_benchmarks=h._unverified)
         if not h._unverified:
-            self.shard.header(h.manifest.shard_entries()[rec.path])
+            self.shard.header(self._expected)
         h._counters.source(source, local=local)
 
     def _pread(self, offset: int, n: int) -> Any:
@@ -360,7 +360,9 @@ def _run(handle: ModelHandle, wants: Sequence[_Want], *, pool_bytes: int,
 
     total = sum(u.hi - u.lo for u in units)
     with contextlib.ExitStack() as closing:
-        readers = {p: _Reader(handle, records[p], closing) for p in {u.shard for u in units}}
+        expected = handle.manifest.shard_entries()
+        readers = {p: _Reader(handle, records[p], closing, expected[p])
+                   for p in {u.shard for u in units}}
 
         def run(u: _Unit, progress: Callable[[int], object]) -> None:
             with pool.slot() as (slot, after):
