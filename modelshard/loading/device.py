@@ -350,8 +350,9 @@ def _run(handle: ModelHandle, wants: Sequence[_Want], *, pool_bytes: int,
                 continue
             if not hasattr(streams, "by_device"):
                 streams.by_device = {}
-            mine = streams.by_device.setdefault(dev, None) or torch.cuda.Stream(dev)
-            streams.by_device[dev] = mine
+            mine = streams.by_device.get(dev)
+            if mine is None:
+                mine = streams.by_device[dev] = torch.cuda.Stream(dev)
             with torch.cuda.device(dev), torch.cuda.stream(mine):
                 _copy_all(copies, data)
                 event = torch.cuda.Event()

@@ -72,6 +72,26 @@ def test_the_staged_pipeline_returns_every_dtype_and_shape(cat, pool, workers):
         sh.checksums.data_start for sh in h.manifest.shards)
 
 
+@pytest.mark.parametrize("slot", [1 << 20, 3 << 20, 8 << 20])
+def test_units_fit_a_slot_and_end_at_chunk_boundaries(cat, slot):
+    from modelshard.loading.device import _units, _Want
+
+    with modelshard.open("m", catalog=cat) as h:
+        records = {s.path: s for s in h.manifest.shards}
+        dest = torch.empty(0)
+        wants = [_Want(p.shard, p.begin, p.end, dest, 0, torch.uint8)
+                 for t in h.manifest.tensors.values() for p in t.pieces]
+        units = _units(wants, records, slot)
+    covered: dict[str, set[int]] = {}
+    for u in units:
+        ends = records[u.shard].checksums.ends
+        assert 0 < u.hi - u.lo <= slot and u.lo in (0, *ends) and u.hi in ends
+        covered.setdefault(u.shard, set()).update(range(u.lo, u.hi))
+    for w in wants:  # every wanted byte is read, once
+        assert set(range(w.begin, w.end)) <= covered[w.shard]
+    assert sum(u.hi - u.lo for u in units) == sum(len(c) for c in covered.values())
+
+
 def test_whole_tensors_are_views_of_one_buffer_per_shard(cat):
     with modelshard.open("m", catalog=cat) as h:
         got = load_state_dict_to(h, [(n, None) for n in h.names()], device=CPU)
