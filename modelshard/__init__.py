@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(("alias", "gc", "ls", "pull", "push", "rm", "show", "verify"), "modelshard.api"),
     "ModelShardError": "modelshard.errors",
-    **dict.fromkeys(("ModelHandle", "load", "open", "preload"), "modelshard.loading"),
+    **dict.fromkeys(("ModelHandle", "load", "load_into", "open", "preload", "rank_rows"),
+                   "modelshard.loading"),
 }
-__all__ = ["ModelHandle", "ModelShardError", "__version__", "alias", "gc", "load", "ls", "open",
-           "preload", "pull", "push", "rm", "show", "verify"]
+__all__ = ["ModelHandle", "ModelShardError", "__version__", "alias", "gc", "load", "load_into",
+           "ls", "open", "preload", "pull", "push", "rank_rows", "rm", "show", "verify"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ import sys
 
 from modelshard.catalog.transfer import DEFAULT_WORKERS
 from modelshard.cli import Output, human_bytes, size_arg
+from modelshard.errors import UsageError
 
 # The loading and placement modules are imported by the commands that run (start-up time).
 
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--policy", choices=("gdsf", "lru"), default="gdsf",
                    help="eviction policy under --budget (default gdsf)")
     p.add_argument("--stats", action="store_true", help="print the session's statistics")
+    p.add_argument("--device", help="load into this device's memory: cuda, cuda:N or cpu "
+                                    "(torch tensors; default: numpy arrays in host memory)")
+    p.add_argument("--pool", type=size_arg, default=None, metavar="SIZE",
+                   help="with --device: pinned host memory for the copies (default 256M)")
     workers(p)
 
     p = command("preload", _preload, "copy a version's shards and assets into the node-local cache")
@@ -72,13 +77,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def _load(args: argparse.Namespace) -> Output:
     from modelshard import loading
 
+    if args.pool is not None and args.device is None:
+        raise UsageError("--pool sizes the copies onto a device: give --device too")
+    on = {} if args.device is None else {"device": args.device, **(
+        {"pool_bytes": args.pool} if args.pool is not None else {})}
     with loading.open(args.key, catalog=args.catalog, cache_dir=args.cache_dir,
                       cache_max_bytes=args.max_bytes, budget_bytes=args.budget,
                       policy=args.policy, workers=args.workers) as h:
-        sd = h.load_state_dict(args.tensors)
+        sd = h.load_state_dict(args.tensors, **on)
         s = h.stats()
     data = {"key": h.key, "tensors": len(sd), "bytes": s.bytes_served}
-    lines = [f"loaded {len(sd)} tensors of {h.key}: {human_bytes(s.bytes_served)}"]
+    where = ""
+    if args.device is not None:
+        data["device"] = where = str(next(iter(sd.values())).device) if sd else args.device
+        where = f" on {where}"
+    lines = [f"loaded {len(sd)} tensors of {h.key}{where}: {human_bytes(s.bytes_served)}"]
     if args.stats:
         data["stats"] = s.to_dict()
         lines += [f"  shards by source: {s.sources}; local {s.local_shards}, remote "

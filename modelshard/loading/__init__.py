@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.manifest import AssetRecord, ShardRecord
 from modelshard.catalog.transfer import DEFAULT_WORKERS, Progress, check_workers, run_all
 from modelshard.errors import NotFoundError, UsageError
+from modelshard.loading.device import DEFAULT_POOL_BYTES, FillReport, rank_rows
 from modelshard.loading.handle import ModelHandle
 from modelshard.loading.stats import HandleStats
 
@@ -79,13 +80,37 @@ def open(key: str, *, catalog: str | os.PathLike | Catalog | None = None,
 
 
 def load(key: str, *, names: Iterable[str] | None = None, dtype: Any = None,
-         framework: str = "numpy", **options: Any) -> dict[str, Any]:
-    """``open(key, **options).load_state_dict(names, dtype=, framework=)`` in one call::
+         framework: str | None = None, device: Any = None,
+         rows: Mapping[str, tuple[int, int]] | None = None,
+         pool_bytes: int = DEFAULT_POOL_BYTES, **options: Any) -> dict[str, Any]:
+    """``open(key, **options).load_state_dict(names, dtype=, framework=, device=, rows=,
+    pool_bytes=)`` in one call (see :meth:`ModelHandle.load_state_dict`)::
 
         sd = modelshard.load("bert@prod", names=["pooler.dense.weight"], framework="torch")
+        sd = modelshard.load("llama@prod", device="cuda:0")
     """
     with open(key, **options) as handle:
-        return handle.load_state_dict(names, dtype=dtype, framework=framework)
+        return handle.load_state_dict(names, dtype=dtype, framework=framework, device=device,
+                                      rows=rows, pool_bytes=pool_bytes,
+                                      workers=options.get("workers"))
+
+
+def load_into(module: Any, key: str, *, device: Any = None,
+              device_map: Mapping[str, Any] | None = None, strict: bool = True,
+              rows: Mapping[str, tuple[int, int]] | None = None,
+              pool_bytes: int = DEFAULT_POOL_BYTES, **options: Any) -> FillReport:
+    """``open(key, **options).load_into(module, device=, ...)`` in one call (see
+    :meth:`ModelHandle.load_into`): a torch module, built on the meta device or not, filled
+    straight in device memory::
+
+        with torch.device("meta"):
+            model = MyModel()
+        modelshard.load_into(model, "mine@prod", device="cuda:0")
+    """
+    with open(key, **options) as handle:
+        return handle.load_into(module, device=device, device_map=device_map, strict=strict,
+                                rows=rows, pool_bytes=pool_bytes,
+                                workers=options.get("workers"))
 
 
 @dataclass(frozen=True)
@@ -153,5 +178,5 @@ def preload(key: str, *, tensors: Iterable[str] | None = None,
                          len(manifest.assets))
 
 
-__all__ = ["HandleStats", "ModelHandle", "PreloadReport", "default_cache_dir", "load", "open",
-           "preload"]
+__all__ = ["FillReport", "HandleStats", "ModelHandle", "PreloadReport", "default_cache_dir",
+           "load", "load_into", "open", "preload", "rank_rows"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from modelshard.cache.preload import PreloadCache
@@ -18,6 +19,13 @@ from modelshard.catalog.manifest import Manifest, TensorRecord
 from modelshard.catalog.transfer import Progress, check_workers, run_all
 from modelshard.errors import ModelShardError, NotFoundError, UsageError
 from modelshard.loading.convert import as_dtype, convert
+from modelshard.loading.device import (
+    DEFAULT_POOL_BYTES,
+    FillReport,
+    fill_module,
+    load_state_dict_to,
+    resolve_device,
+)
 from modelshard.loading.plan import segments
 from modelshard.loading.sources import ShardSources
 from modelshard.loading.stats import Counters, HandleStats
@@ -54,6 +62,9 @@ class ModelHandle:
                                      counters=self._counters,
                                      unverified_for_benchmarks=unverified_for_benchmarks)
         self._scheduler = self._sources.scheduler
+        self._fill_cache, self._unverified = fill_cache, unverified_for_benchmarks
+        self._device_counts: dict[str, int] = {}  # reads of loads onto a device (.device)
+        self._device_lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -76,28 +87,75 @@ class ModelHandle:
 
             h.get_rows("embed.weight", 1000, 2000)      # shape (1000, hidden)
         """
-        t = self._tensor(name)
-        if not t.shape:
-            raise UsageError(f"tensor {name!r} is 0-dimensional: it has no rows; use get()")
-        for x in (start, stop):
-            if isinstance(x, bool) or not isinstance(x, int):
-                raise UsageError(f"get_rows({name!r}, {start!r}, {stop!r}): rows are integers")
-        if not 0 <= start <= stop <= t.shape[0]:
-            raise UsageError(f"get_rows({name!r}, {start}, {stop}): the tensor has {t.shape[0]} "
-                             f"rows; give 0 <= start <= stop <= {t.shape[0]}")
-        return self._fetch([(name, (start, stop))], framework=framework, cast=None)[name]
+        rows = self._check_rows(name, start, stop)
+        return self._fetch([(name, rows)], framework=framework, cast=None)[name]
 
     def load_state_dict(self, names: Iterable[str] | None = None, *, dtype: Any = None,
-                        framework: str = "numpy") -> dict[str, Any]:
+                        framework: str | None = None, device: Any = None,
+                        rows: Mapping[str, tuple[int, int]] | None = None,
+                        pool_bytes: int = DEFAULT_POOL_BYTES, workers: int | None = None
+                        ) -> dict[str, Any]:
         """``{name: tensor}`` for ``names`` (None: all), shards read in parallel; ``dtype``
         (``"float16"``, ``"BF16"``, a numpy or torch dtype) converts the floating-point
-        tensors only, as Hugging Face's ``torch_dtype`` does::
+        tensors only, as Hugging Face's ``torch_dtype`` does; ``rows``: ``{name: (start,
+        stop)}`` reads only those rows of those tensors (a tensor-parallel rank's part, see
+        :func:`~modelshard.loading.device.rank_rows`). ``framework``: ``"numpy"`` (the
+        default) or ``"torch"``.
+
+        ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``; torch tensors): straight into that
+        device's memory through a pool of at most ``pool_bytes`` of pinned host memory and
+        ``workers`` threads (default: up to 16), each chunk checked on the host
+        (:mod:`modelshard.loading.device`); ``"cpu"`` is zero-copy as without a device::
 
             sd = h.load_state_dict(["a", "b"], dtype="bfloat16", framework="torch")
+            sd = h.load_state_dict(device="cuda:0")
         """
         wanted = self.names() if names is None else list(dict.fromkeys(names))
         cast = None if dtype is None else as_dtype(dtype)
-        return self._fetch([(n, None) for n in wanted], framework=framework, cast=cast)
+        rows = dict(rows or {})
+        for name in rows:
+            if name not in wanted:
+                raise UsageError(f"rows names {name!r}, which is not among the tensors asked for")
+        requests = [(n, self._check_rows(n, *rows[n]) if n in rows else None) for n in wanted]
+        if device is None:
+            return self._fetch(requests, framework=framework or "numpy", cast=cast)
+        if framework not in (None, "torch"):
+            raise UsageError(f"framework={framework!r} with device={device!r}: devices hold "
+                             "torch tensors; leave framework out")
+        target = resolve_device(device)
+        if target.type == "cpu":  # the checked bytes are the tensors: no copy to make
+            return self._fetch(requests, framework="torch", cast=cast)
+        if self._closed:
+            raise UsageError(f"the handle of {self.key} is closed; open the model again")
+        return load_state_dict_to(self, requests, device=target, cast=cast,
+                                  pool_bytes=pool_bytes, workers=workers)
+
+    def load_into(self, module: Any, *, device: Any = None,
+                  device_map: Mapping[str, Any] | None = None, strict: bool = True,
+                  rows: Mapping[str, tuple[int, int]] | None = None,
+                  pool_bytes: int = DEFAULT_POOL_BYTES, workers: int | None = None
+                  ) -> FillReport:
+        """Fill a torch ``module``'s parameters and persistent buffers (by their
+        ``state_dict`` names) straight into their device memory, tensor by tensor, without
+        a copy of the model on the host: the host memory added is the pool
+        (``pool_bytes``). A module built on the ``meta`` device gets its tensors on
+        ``device``, or per module prefix by an accelerate-style ``device_map``
+        (``{"model.layers.0": "cuda:0", "lm_head": "cpu", "": "cuda:1"}``); a tensor
+        already on its device is filled in place. Floating-point tensors are cast to the
+        module's dtype. Tied tensors are read once. ``strict``: every tensor of the module
+        must be in the version; the version's other tensors are not read (a pipeline
+        stage's module reads its own). ``rows``: ``{name: (start, stop)}`` for a
+        tensor-parallel rank whose tensors hold those rows. If a check fails, a module on
+        the meta device is left as it was, one filled in place is partly overwritten::
+
+            with torch.device("meta"):
+                model = MyModel()
+            h.load_into(model, device="cuda:0")
+        """
+        if self._closed:
+            raise UsageError(f"the handle of {self.key} is closed; open the model again")
+        return fill_module(self, module, device=device, device_map=device_map, strict=strict,
+                           rows=rows, pool_bytes=pool_bytes, workers=workers)
 
     def asset(self, name: str) -> bytes:
         """The bytes of one of the version's non-tensor files (``manifest.assets``), checked;
@@ -109,8 +167,11 @@ class ModelHandle:
 
     def stats(self) -> HandleStats:
         """Counters so far (see :class:`~modelshard.loading.stats.HandleStats`)."""
+        counts = self._sources.counts()
+        with self._device_lock:
+            counts = {k: v + self._device_counts.get(k, 0) for k, v in counts.items()}
         return self._counters.snapshot(
-            shard_counts=self._sources.counts(),
+            shard_counts=counts,
             cache=self._cache.stats() if self._cache else None,
             scheduler=self._scheduler.stats() if self._scheduler else None)
 
@@ -134,6 +195,25 @@ class ModelHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _add_counts(self, counts: Iterable[dict[str, int]]) -> None:
+        with self._device_lock:
+            for c in counts:
+                for k, v in c.items():
+                    self._device_counts[k] = self._device_counts.get(k, 0) + v
+
+    def _check_rows(self, name: str, start: Any, stop: Any) -> tuple[int, int]:
+        """``(start, stop)``, checked to be rows of tensor ``name``."""
+        t = self._tensor(name)
+        if not t.shape:
+            raise UsageError(f"tensor {name!r} is 0-dimensional: it has no rows; use get()")
+        for x in (start, stop):
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise UsageError(f"get_rows({name!r}, {start!r}, {stop!r}): rows are integers")
+        if not 0 <= start <= stop <= t.shape[0]:
+            raise UsageError(f"get_rows({name!r}, {start}, {stop}): the tensor has {t.shape[0]} "
+                             f"rows; give 0 <= start <= stop <= {t.shape[0]}")
+        return start, stop
 
     def _tensor(self, name: str) -> TensorRecord:
         t = self.manifest.tensors.get(name) if isinstance(name, str) else None

@@ -28,7 +28,7 @@ class HandleStats:
     range_reads: int
     range_bytes: int
     verified_bytes: int
-    sources: dict[str, int]  # shards opened per source: scheduler, cache, mmap, range
+    sources: dict[str, int]  # shards opened per source: scheduler, cache, mmap, range, file
     reads: dict[str, int]  # tensor reads per shard path (relative to the version)
     local_shards: int
     remote_shards: int

@@ -46,7 +46,32 @@ READ_PATHS = {
                                                     cache_dir=str(tmp / "cache")),
     "copy": lambda root, tmp: placement.copy("m", str(tmp / "other"), catalog=root),
     "verify": lambda root, tmp: modelshard.verify("m", catalog=root),
+    "load, device=cpu": lambda root, tmp: modelshard.load("m", catalog=root, device="cpu"),
+    "load through the device pipeline": lambda root, tmp: _staged(root, cache=None),
+    "load through the device pipeline and the cache": lambda root, tmp: _staged(
+        root, cache=str(tmp / "cache")),
+    "load_into a meta module": lambda root, tmp: modelshard.load_into(
+        _meta_module(), "m", catalog=root, device="cpu"),
 }
+
+
+def _staged(root: str, *, cache: str | None) -> dict:
+    """The pipeline that loads onto accelerators, with the CPU as the device."""
+    import torch
+
+    from modelshard.loading.device import load_state_dict_to
+
+    with modelshard.open("m", catalog=root, cache_dir=cache, fill_cache=cache is not None) as h:
+        return load_state_dict_to(h, [(n, None) for n in h.names()], device=torch.device("cpu"))
+
+
+def _meta_module():
+    import torch
+
+    module = torch.nn.Module()
+    for name, a in STATE.items():
+        module.register_parameter(name, torch.nn.Parameter(torch.empty(a.shape, device="meta")))
+    return module
 
 
 def _push(tmp_path) -> tuple[str, modelshard.Manifest]:
