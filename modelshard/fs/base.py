@@ -32,6 +32,18 @@ def read_fully(pread: Callable[[int, int], bytes], offset: int, length: int) -> 
     return b"".join(chunks)
 
 
+def readinto_fully(readinto: Callable[[memoryview], int | None], view: memoryview) -> int:
+    """Fill ``view`` by repeated ``readinto``, as one call may stop short (an HDFS read
+    returns one 64 KiB packet); returns the bytes read, fewer only at the end of the file."""
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
