@@ -110,29 +110,36 @@ class StreamCheck:
 
 
 def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
-                into: Sequence[tuple[int, memoryview]] = (),
+                into: Sequence[tuple[int, memoryview]] = (), rest: memoryview | None = None,
                 sink: Callable[[memoryview], object] | None = None,
                 progress: Callable[[int], object] | None = None, full: bool = False,
                 chunk_bytes: int = CHUNK) -> None:
     """Read the shard at ``path`` once, checking it as it goes: the bytes at each ``(offset,
-    view)`` of ``into`` go straight into ``view``, the rest through a scratch buffer; every
-    byte also goes to ``sink``, in pieces of at most ``chunk_bytes``. IntegrityError if it
-    is not the manifest's (the views then hold damaged bytes: do not hand them out)::
+    view)`` of ``into`` go straight into ``view``, the rest into the same offsets of
+    ``rest`` (a buffer of the shard's size) or else through a scratch buffer; every byte
+    also goes to ``sink``, in pieces of at most ``chunk_bytes``. IntegrityError if it is
+    not the manifest's (the views then hold damaged bytes: do not hand them out)::
 
         read_stream(fs, path, record, model="bert@3", sink=out.write)
     """
     check = StreamCheck(record, model=model, uri=fs.uri(path), full=full)
-    scratch = memoryview(bytearray(min(chunk_bytes, max(record.size, 1))))
-    segments, pos = [], 0
-    for offset, view in sorted(into, key=lambda ov: ov[0]):
-        segments += _pieces(scratch, offset - pos) + [view]
-        pos = offset + len(view)
-    segments += _pieces(scratch, record.size - pos)
+    segments: list[tuple[int, memoryview | None]] = []  # (length, view); None: scratch
+    pos = 0
+    for offset, view in [*sorted(into, key=lambda ov: ov[0]), (record.size, None)]:
+        if offset > pos:
+            segments.append((offset - pos, None if rest is None else rest[pos:offset]))
+        if view is not None:
+            segments.append((len(view), view))
+            pos = offset + len(view)
+    # One scratch buffer for the bytes that go nowhere in particular, only if there are any.
+    gap = max((n for n, view in segments if view is None), default=0)
+    scratch = memoryview(bytearray(min(chunk_bytes, gap)))
     try:
         with fs.open_read(path) as f:
-            for segment in segments:
-                for start in range(0, len(segment), chunk_bytes):
-                    part = segment[start:start + chunk_bytes]
+            for length, view in segments:
+                for start in range(0, length, chunk_bytes):
+                    want = min(chunk_bytes, length - start)
+                    part = view[start:start + want] if view is not None else scratch[:want]
                     n = f.readinto(part)
                     check.update(part[:n])
                     if sink:
@@ -141,16 +148,12 @@ def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
                         progress(n)
                     if n < len(part):  # shorter than the manifest says
                         check.finish()
-            while n := f.readinto(scratch):  # longer than the manifest says
-                check.update(scratch[:n])
+            extra = memoryview(bytearray(1 << 16))
+            while n := f.readinto(extra):  # longer than the manifest says
+                check.update(extra[:n])
     except UnreadableError as e:  # the storage's own checksums found the damage first
         raise damaged(model, fs.uri(path), e.what) from e
     check.finish()
-
-
-def _pieces(scratch: memoryview, n: int) -> list[memoryview]:
-    """Views of ``scratch`` covering ``n`` bytes that go nowhere in particular."""
-    return [scratch[:min(len(scratch), n - i)] for i in range(0, n, len(scratch))]
 
 
 class VerifiedShard:

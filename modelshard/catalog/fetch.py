@@ -7,6 +7,7 @@ IntegrityError and nothing damaged is handed out."""
 from __future__ import annotations
 
 import json
+import mmap
 import posixpath
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,28 +40,53 @@ FRAMEWORKS = ("numpy", "torch")
 def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) -> dict[str, Any]:
     """Every tensor as a writable numpy array or torch tensor, split tensors reassembled.
 
-    Each tensor gets its own uninitialised buffer and every piece of it is read from HDFS
-    straight into its place: no shard buffer, no copy to reassemble a split tensor.
+    Each shard is read once, front to back in large reads, into one buffer of its own, and
+    its whole tensors are views of that buffer (no copy; they keep it alive). The pieces of
+    a split tensor (or of one not aligned to its dtype) go straight into that tensor's own
+    buffer instead: the shard buffer's pages under them are never touched, so never
+    allocated. CRC32C is checked on the bytes as they arrive.
     """
     if framework not in FRAMEWORKS:
         raise UsageError(f"framework={framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     vdir = catalog.version_dir(manifest.name, manifest.version)
-    bufs = {name: np.empty(t.nbytes, np.uint8) for name, t in manifest.tensors.items()}
+    own = {name: _fresh(t.nbytes) for name, t in manifest.tensors.items()
+           if t.is_split or t.pieces[0].begin % t.dtype.itemsize}
     into: dict[str, list[tuple[int, memoryview]]] = {s.path: [] for s in manifest.shards}
-    for name, t in manifest.tensors.items():
-        view, pos = memoryview(bufs[name]), 0
-        for p in t.pieces:
+    for name, buf in own.items():
+        view, pos = memoryview(buf), 0
+        for p in manifest.tensors[name].pieces:
             into[p.shard].append((p.begin, view[pos:pos + p.end - p.begin]))
             pos += p.end - p.begin
+    shard_bufs: dict[str, np.ndarray] = {}
 
     def read(shard: ShardRecord, progress: Progress) -> None:
+        buf = _fresh(shard.size)
         read_stream(catalog.fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
-                    into=into[shard.path], progress=progress)
+                    into=into[shard.path], rest=memoryview(buf), progress=progress)
+        shard_bufs[shard.path] = buf
 
     run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
             desc=f"pull {manifest.name}@{manifest.version}")
     convert = _as_numpy if framework == "numpy" else _as_torch
-    return {name: convert(bufs[name], t) for name, t in manifest.tensors.items()}
+    out = {}
+    for name, t in manifest.tensors.items():
+        p = t.pieces[0]
+        raw = own[name] if name in own else shard_bufs[p.shard][p.begin:p.end]
+        out[name] = convert(raw, t)
+    return out
+
+
+def _fresh(size: int) -> np.ndarray:
+    """``size`` bytes of new memory; from 1 MiB up, private anonymous pages in the base size,
+    allocated only where they are first written.
+
+    Not ``np.empty``: numpy asks for transparent huge pages for large arrays, and the first
+    write to those cost 5-8 ms per MiB on the development VM, against 1-1.5 ms for base
+    pages (docs/benchmarks.md, issue 9)."""
+    if size < 1 << 20:
+        return np.empty(size, np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
+                         np.uint8)
 
 
 def _size(shards: Sequence[ShardRecord]) -> int:
