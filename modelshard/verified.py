@@ -110,33 +110,28 @@ class StreamCheck:
 
 
 def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
-                into: Sequence[tuple[int, memoryview]] = (), rest: memoryview | None = None,
+                into: Sequence[tuple[int, memoryview]] = (),
                 sink: Callable[[memoryview], object] | None = None,
                 progress: Callable[[int], object] | None = None, full: bool = False,
                 chunk_bytes: int = CHUNK) -> None:
     """Read the shard at ``path`` once, checking it as it goes: the bytes at each ``(offset,
-    view)`` of ``into`` go straight into ``view``, the rest into the same offsets of
-    ``rest`` (a buffer of the shard's size) or else through a scratch buffer; every byte
-    also goes to ``sink``, in pieces of at most ``chunk_bytes``. IntegrityError if it is
-    not the manifest's (the views then hold damaged bytes: do not hand them out)::
+    view)`` of ``into`` go straight into ``view``, the rest through a scratch buffer; every
+    byte also goes to ``sink``, in pieces of at most ``chunk_bytes``. IntegrityError if it
+    is not the manifest's (the views then hold damaged bytes: do not hand them out)::
 
         read_stream(fs, path, record, model="bert@3", sink=out.write)
     """
     check = StreamCheck(record, model=model, uri=fs.uri(path), full=full)
-    segments: list[tuple[int, memoryview | None]] = []  # (length, view); None: scratch
-    pos = 0
-    for offset, view in [*sorted(into, key=lambda ov: ov[0]), (record.size, None)]:
-        if offset > pos:
-            segments.append((offset - pos, None if rest is None else rest[pos:offset]))
-        if view is not None:
-            segments.append((len(view), view))
-            pos = offset + len(view)
+    # (offset, length, view) in file order; None: bytes that go nowhere in particular
+    segments = sorted([*((offset, len(view), view) for offset, view in into),
+                       *((lo, hi - lo, None) for lo, hi in uncovered(into, record.size))],
+                      key=lambda s: s[0])
     # One scratch buffer for the bytes that go nowhere in particular, only if there are any.
-    gap = max((n for n, view in segments if view is None), default=0)
+    gap = max((n for _, n, view in segments if view is None), default=0)
     scratch = memoryview(bytearray(min(chunk_bytes, gap)))
     try:
         with fs.open_read(path) as f:
-            for length, view in segments:
+            for _, length, view in segments:
                 for start in range(0, length, chunk_bytes):
                     want = min(chunk_bytes, length - start)
                     part = view[start:start + want] if view is not None else scratch[:want]
@@ -154,6 +149,20 @@ def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,
     except UnreadableError as e:  # the storage's own checksums found the damage first
         raise damaged(model, fs.uri(path), e.what) from e
     check.finish()
+
+
+def uncovered(into: Sequence[tuple[int, memoryview]], size: int) -> list[tuple[int, int]]:
+    """The ``(begin, end)`` runs of ``0..size`` that no ``(offset, view)`` of ``into`` covers.
+
+    >>> uncovered([(2, memoryview(b"ab")), (6, memoryview(b"c"))], 9)
+    [(0, 2), (4, 6), (7, 9)]
+    """
+    runs, pos = [], 0
+    for offset, view in sorted(into, key=lambda ov: ov[0]):
+        if offset > pos:
+            runs.append((pos, offset))
+        pos = max(pos, offset + len(view))
+    return runs + [(pos, size)] * (size > pos)
 
 
 class VerifiedShard:

@@ -6,6 +6,7 @@ IntegrityError and nothing damaged is handed out."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import mmap
 import posixpath
@@ -28,7 +29,7 @@ from modelshard.errors import (
 from modelshard.fs import FileSystem, get_fs
 from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
 from modelshard.shards.format import ShardItem, read_header, write_shard
-from modelshard.verified import read_stream
+from modelshard.verified import read_stream, uncovered
 
 if TYPE_CHECKING:
     from modelshard.cache.preload import PreloadCache
@@ -40,11 +41,11 @@ FRAMEWORKS = ("numpy", "torch")
 def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) -> dict[str, Any]:
     """Every tensor as a writable numpy array or torch tensor, split tensors reassembled.
 
-    Each shard is read once, front to back in large reads, into one buffer of its own, and
-    its whole tensors are views of that buffer (no copy; they keep it alive). The pieces of
-    a split tensor (or of one not aligned to its dtype) go straight into that tensor's own
-    buffer instead: the shard buffer's pages under them are never touched, so never
-    allocated. CRC32C is checked on the bytes as they arrive.
+    Each shard is read once, front to back in large reads, into new buffers that its whole
+    tensors then view (no copy; a tensor keeps its buffer alive): one buffer per run of
+    bytes between the pieces of split tensors (or of tensors not aligned to their dtype),
+    which go straight into their tensor's own buffer instead. CRC32C is checked on the
+    bytes as they arrive.
     """
     if framework not in FRAMEWORKS:
         raise UsageError(f"framework={framework!r}: choose one of {', '.join(FRAMEWORKS)}")
@@ -57,36 +58,43 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
         for p in manifest.tensors[name].pieces:
             into[p.shard].append((p.begin, view[pos:pos + p.end - p.begin]))
             pos += p.end - p.begin
-    shard_bufs: dict[str, np.ndarray] = {}
+    runs: dict[str, list[tuple[int, np.ndarray]]] = {}  # per shard: (offset, buffer), sorted
 
     def read(shard: ShardRecord, progress: Progress) -> None:
-        buf = _fresh(shard.size)
+        # Offset by lo % 8 in a page-aligned buffer: each tensor as aligned as in the file.
+        got = [(lo, _fresh(hi - lo + lo % 8)[lo % 8:]) for lo, hi in uncovered(into[shard.path],
+                                                                             shard.size)]
         read_stream(catalog.fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
-                    into=into[shard.path], rest=memoryview(buf), progress=progress)
-        shard_bufs[shard.path] = buf
+                    into=[*into[shard.path], *((lo, memoryview(b)) for lo, b in got)],
+                    progress=progress)
+        runs[shard.path] = got
 
     run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
             desc=f"pull {manifest.name}@{manifest.version}")
     convert = _as_numpy if framework == "numpy" else _as_torch
     out = {}
     for name, t in manifest.tensors.items():
+        if name in own:
+            out[name] = convert(own[name], t)
+            continue
         p = t.pieces[0]
-        raw = own[name] if name in own else shard_bufs[p.shard][p.begin:p.end]
-        out[name] = convert(raw, t)
+        shard_runs = runs[p.shard]
+        lo, buf = shard_runs[bisect.bisect_right(shard_runs, p.begin, key=lambda r: r[0]) - 1]
+        out[name] = convert(buf[p.begin - lo:p.end - lo], t)
     return out
 
 
 def _fresh(size: int) -> np.ndarray:
     """``size`` bytes of new memory; from 1 MiB up, private anonymous pages in the base size,
-    allocated only where they are first written.
+    all allocated at once.
 
     Not ``np.empty``: numpy asks for transparent huge pages for large arrays, and the first
     write to those cost 5-8 ms per MiB on the development VM, against 1-1.5 ms for base
-    pages (docs/benchmarks.md, issue 9)."""
+    pages, a little less again allocated in one call (docs/benchmarks.md, issue 9)."""
     if size < 1 << 20:
         return np.empty(size, np.uint8)
-    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
-                         np.uint8)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return np.frombuffer(mmap.mmap(-1, size, flags=flags), np.uint8)
 
 
 def _size(shards: Sequence[ShardRecord]) -> int:
