@@ -30,7 +30,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -81,15 +80,13 @@ class StreamCheck:
                  full: bool = False) -> None:
         self.record, self._model, self._uri = record, model, uri
         c = record.checksums
-        self._crcs = ChunkWriter(list(c.ends), whole=False) if c else None
-        self._sha = hashlib.sha256() if full or c is None else None
+        self._full = full or c is None
+        self._sums = ChunkWriter(list(c.ends) if c else None, whole=False, sha256=self._full)
         self.size = 0
 
     def update(self, data: bytes | memoryview) -> None:
-        if self._crcs is not None and self.size < self.record.size:
-            self._crcs.update(memoryview(data)[:self.record.size - self.size])
-        if self._sha is not None:
-            self._sha.update(data)
+        if self.size < self.record.size:  # past that, finish() fails on the size alone
+            self._sums.update(memoryview(data)[:self.record.size - self.size])
         self.size += len(data)
 
     def finish(self) -> None:
@@ -98,15 +95,16 @@ class StreamCheck:
         if self.size != rec.size:
             raise damaged(self._model, self._uri, f"{self.size} bytes where the manifest says "
                                                   f"{rec.size}")
-        got = self._crcs.finish().chunks if self._crcs is not None else None
+        sums = self._sums.finish()
+        got = sums.chunks if sums is not None else None
         if got is not None and got != rec.checksums.chunks:  # same size: as many chunks
             bad = next(i for i, (a, b) in enumerate(zip(got, rec.checksums.chunks, strict=True))
                        if a != b)
             lo, hi = rec.checksums.chunk_range(bad)
             raise damaged(self._model, self._uri, f"bytes {lo}..{hi} do not match their CRC32C")
-        if self._sha is not None and self._sha.hexdigest() != rec.sha256:
-            raise damaged(self._model, self._uri, f"sha256 {self._sha.hexdigest()} where the "
-                                                  f"manifest says {rec.sha256}")
+        if self._full and (sha := self._sums.sha256()) != rec.sha256:
+            raise damaged(self._model, self._uri, f"sha256 {sha} where the manifest says "
+                                                  f"{rec.sha256}")
 
 
 def read_stream(fs: FileSystem, path: str, record: Stored, *, model: str | None,

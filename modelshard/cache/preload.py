@@ -10,9 +10,9 @@ local disk and found again by their sha256::
 Guarantees:
 
 * an entry is visible only once its bytes match the manifest (temp file, fsync, rename);
-* every use checks the entry again (its CRC32C chunks, or its sha256 for a manifest without
-  them; :mod:`modelshard.verified`), so bytes damaged on disk are dropped and fetched again,
-  never served;
+* every later use checks the entry again (its CRC32C chunks, or its sha256 for a manifest
+  without them; :mod:`modelshard.verified`) in the very memory map that serves it, so bytes
+  damaged on disk are dropped and fetched again, never served, and each byte is read once;
 * the bytes on disk (entries plus fetches in flight) never exceed ``max_bytes``: room is made
   by evicting the least recently used entries (the entry's mtime is its last use);
 * several processes on one node can share one cache folder (file locks via ``filelock``).
@@ -24,13 +24,14 @@ import contextlib
 import errno
 import itertools
 import logging
+import mmap
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -95,6 +96,20 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _map_entry(entry: str) -> Any:
+    """A private copy-on-write map of the file ``entry`` (``b""`` if it is empty: nothing
+    to map); FileNotFoundError if there is none."""
+    try:
+        with open(entry, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{entry}: cannot read the cache entry ({e})") from e
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -113,11 +128,10 @@ class PreloadCache:
         cache = PreloadCache("/var/cache/modelshard", max_bytes=50 << 30)
         fs, path = get_fs("hdfs:///models/m/v1/shard-00001.safetensors")
         local = cache.get(fs, path, sha256=digest, size=size)   # fetched once, then local
-        with cache.open(fs, path, sha256=digest, size=size) as f:  # stays readable while open
-            header = f.read(8)
+        header = cache.map(fs, path, sha256=digest, size=size)[:8]  # valid after eviction
 
     ``get`` returns a path: another process may evict it later, so open it promptly, or use
-    :meth:`open` / :meth:`read`, whose results stay valid (an open file survives eviction).
+    :meth:`map` / :meth:`read`, whose results stay valid (a memory map survives eviction).
     """
 
     def __init__(
@@ -155,30 +169,31 @@ class PreloadCache:
 
             local = cache.get(fs, "/models/m/v1/shard-00001.safetensors", sha256=d, size=n)
         """
-        with self.open(fs, path, sha256=sha256, size=size, checksums=checksums, model=model):
-            return self.entry_path(sha256)
+        self._map_verified(fs, ShardRef(path, size, _check_digest(sha256), checksums, model))
+        return self.entry_path(sha256)
 
-    @contextlib.contextmanager
-    def open(self, fs: FileSystem, path: str, *, sha256: str, size: int,
-             checksums: Checksums | None = None, model: str | None = None
-             ) -> Iterator[BinaryIO]:
-        """A verified local copy of ``path``, opened for reading at offset 0 (options as for
-        :meth:`get`). The open file stays readable even if another process evicts the entry
-        meanwhile.
+    def map(self, fs: FileSystem, path: str, *, sha256: str, size: int,
+            checksums: Checksums | None = None, model: str | None = None) -> Any:
+        """The verified copy of ``path`` as a private copy-on-write memory map (writes never
+        reach the entry; ``b""`` for an empty file); options as for :meth:`get`. A hit is
+        checked in these very pages, so what is served is what was checked, read once; the
+        map stays valid if another process evicts the entry meanwhile::
+
+            m = cache.map(fs, path, sha256=digest, size=size)
+            header_len = int.from_bytes(m[:8], "little")
         """
-        ref = ShardRef(path, size, _check_digest(sha256), checksums, model)
-        f = self._open_verified(fs, ref)
-        try:
-            yield f
-        finally:
-            f.close()
+        return self._map_verified(fs, ShardRef(path, size, _check_digest(sha256), checksums,
+                                               model))
 
     def read(self, fs: FileSystem, path: str, *, sha256: str, size: int,
              checksums: Checksums | None = None, model: str | None = None) -> bytes:
         """The verified bytes of ``path`` (through the cache; options as for :meth:`get`)."""
-        with self.open(fs, path, sha256=sha256, size=size, checksums=checksums,
-                       model=model) as f:
-            return f.read()
+        m = self.map(fs, path, sha256=sha256, size=size, checksums=checksums, model=model)
+        try:
+            return bytes(m)
+        finally:
+            if isinstance(m, mmap.mmap):
+                m.close()
 
     def contains(self, sha256: str) -> bool:
         """Whether an entry exists (not re-verified; :meth:`get` verifies on use)."""
@@ -210,7 +225,7 @@ class PreloadCache:
         )
 
     # -- fetching and verifying ------------------------------------------------------
-    def _open_verified(self, fs: FileSystem, ref: ShardRef) -> BinaryIO:
+    def _map_verified(self, fs: FileSystem, ref: ShardRef) -> Any:
         path, digest, size = ref.path, ref.sha256, ref.size
         if size < 0:
             raise UsageError(f"{path}: size={size}; pass the shard size from the manifest")
@@ -221,40 +236,34 @@ class PreloadCache:
             )
         entry = self.entry_path(digest)
         with self._entry_lock(digest):
-            f = self._open_if_intact(entry, ref)
-            if f is not None:
+            mapped = self._map_if_intact(entry, ref)
+            if mapped is not None:
                 self._count(hits=1)
-                return f
+                return mapped
             self._count(misses=1)
             self._fetch(fs, ref, entry)
-            f = self._open_if_intact(entry, ref)
-            if f is None:
-                raise IntegrityError(
-                    f"{entry}: the entry for {path} changed right after it was verified; "
-                    "check the disk under the cache folder"
-                )
-            return f
+            # Not checked again: the entry holds the bytes that were checked on their way in.
+            return _map_entry(entry)
 
-    def _open_if_intact(self, entry: str, ref: ShardRef) -> BinaryIO | None:
-        """The open entry if its bytes still match ``ref``; a damaged entry is deleted."""
+    def _map_if_intact(self, entry: str, ref: ShardRef) -> Any:
+        """The entry mapped, if its bytes still match ``ref`` (checked in the map itself);
+        None if there is none; a damaged entry is deleted."""
         try:
-            f = open(entry, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+            mapped = _map_entry(entry)
         except FileNotFoundError:
             return None
+        check = StreamCheck(ref, model=ref.model, uri=entry)
+        with memoryview(mapped) as view:
+            for pos in range(0, len(view), self.chunk_bytes):
+                check.update(view[pos:pos + self.chunk_bytes])
         try:
-            check = StreamCheck(ref, model=ref.model, uri=entry)
-            while chunk := f.read(self.chunk_bytes):
-                check.update(chunk)
             check.finish()
-            f.seek(0)
             self._touch(entry)
-            return f
+            return mapped
         except IntegrityError:
             pass
-        except OSError as e:
-            f.close()
-            raise StorageError(f"{entry}: cannot read the cache entry ({e.strerror or e})") from e
-        f.close()
+        if isinstance(mapped, mmap.mmap):
+            mapped.close()
         log.warning("%s: cache entry of %s damaged (checksum mismatch); fetching it again",
                     entry, ref.path)
         self._count(corrupt_dropped=1)

@@ -14,7 +14,6 @@ the next holder of the model's lock points first (``Catalog.publish``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import posixpath
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -191,19 +190,18 @@ def store_assets(fs: FileSystem, staging: str, assets: Sequence[SourceAsset], *,
     checksums as it is written, check it as stored (:func:`check_stored`) and return the
     records by name."""
     def one(asset: SourceAsset, progress: Progress) -> AssetRecord:
-        sha, crcs, size = hashlib.sha256(), ChunkWriter(fixed_chunk_ends(asset.size)), 0
+        crcs, size = ChunkWriter(fixed_chunk_ends(asset.size), sha256=True), 0
         path = posixpath.join(staging, ASSETS_DIR, asset.name)
         with asset.fs.open_read(asset.path) as src, fs.open_write(path) as out:
             while data := src.read(CHUNK_BYTES):
                 if size + len(data) > asset.size:
                     break
                 out.write(data)
-                sha.update(data)
                 crcs.update(data)
                 size += len(data)
                 progress(len(data))
         try:
-            record = AssetRecord(asset.name, size, sha.hexdigest(), crcs.finish())
+            record = AssetRecord(asset.name, size, crcs.sha256(), crcs.finish())
         except FormatError:
             record = None
         if record is None or asset.fs.stat(asset.path).size != asset.size:

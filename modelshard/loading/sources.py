@@ -3,8 +3,8 @@ catalog -> shards -> cache -> scheduler), and checked there by :mod:`modelshard.
 
 * a scheduler (``budget_bytes``): whole shards held in memory under the budget, each checked
   whole as it is fetched; tensors are copied out, so what the caller keeps is its own memory;
-* the preload cache, when it holds the shard (or ``fill_cache``): the entry, checked whole
-  when opened (a damaged entry is dropped and fetched again), then memory-mapped;
+* the preload cache, when it holds the shard (or ``fill_cache``): the entry memory-mapped,
+  checked whole in that map (a damaged entry is dropped and fetched again);
 * a catalog on this machine's disk: the shard file, memory-mapped, each chunk checked the
   first time a read touches it;
 * otherwise (HDFS): one range read per run of adjacent tensors, widened to whole chunks,
@@ -147,9 +147,9 @@ class ShardSources:
             self._check_header(held)
             return "scheduler"
         if self._cache is not None and (self._fill_cache or self._cache.contains(rec.sha256)):
-            with self._cache.open(self._fs, slot.path, sha256=rec.sha256, size=rec.size,
-                                  checksums=rec.checksums, model=self._model) as f:
-                slot.mapped = _map(f.fileno(), f.name)
+            # Checked in this very map (a hit), or on its way into the cache (a miss).
+            slot.mapped = self._cache.map(self._fs, slot.path, sha256=rec.sha256, size=rec.size,
+                                          checksums=rec.checksums, model=self._model)
             slot.reader = VerifiedShard.over_buffer(slot.mapped, rec, model=self._model, uri=uri,
                                                     checked=True)
             source = "cache"

@@ -499,8 +499,9 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
     """
     if cache is not None:
         local = cache.contains(ref.sha256)
-        return Fetched(cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size,
-                                  checksums=ref.checksums, model=ref.model), local=local)
+        mapped = cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size,
+                           checksums=ref.checksums, model=ref.model)
+        return Fetched(memoryview(mapped).toreadonly(), local=local)
     data = bytearray(ref.size)
     read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
     return Fetched(memoryview(data).toreadonly(), local=replica_is_local(fs, ref.path))

@@ -21,6 +21,7 @@ fast as xxh3-128, 2.5x BLAKE3, 7x sha256 here, and the one HDFS already computes
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -112,16 +113,25 @@ class Checksums:
 
 class ChunkWriter:
     """The :class:`Checksums` of bytes streamed through :meth:`update`, in any pieces, for
-    chunks ending at ``ends`` (:func:`chunk_ends`); ``whole=False`` skips the whole-file
-    CRC32C (a second pass over every byte) where only the chunks are compared."""
+    chunks ending at ``ends`` (:func:`chunk_ends`; None: no chunks); ``whole=False`` skips
+    the whole-file CRC32C (a second pass over every byte) where only the chunks are
+    compared; ``sha256=True`` computes the whole-file sha256 in the same pass (the content
+    address: :meth:`sha256`). The one place where shard and asset bytes are hashed, written
+    (push, reshard) or read (:mod:`modelshard.verified`)."""
 
-    def __init__(self, ends: list[int], *, whole: bool = True) -> None:
-        self._ends, self._whole_too = ends, whole
+    def __init__(self, ends: list[int] | None, *, whole: bool = True,
+                 sha256: bool = False) -> None:
+        self._ends, self._whole_too = ends, whole and ends is not None
         self._whole = self._crc = self._pos = 0
         self._chunks: list[int] = []
+        self._sha = hashlib.sha256() if sha256 else None
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
+        if self._sha is not None:
+            self._sha.update(view)
+        if self._ends is None:
+            return
         if self._whole_too:
             self._whole = crc32c(view, self._whole)
         while view:
@@ -135,11 +145,19 @@ class ChunkWriter:
                 self._chunks.append(self._crc)
                 self._crc = 0
 
-    def finish(self) -> Checksums:
+    def finish(self) -> Checksums | None:
+        """The chunks' checksums (None without ``ends``); FormatError if they are not all
+        complete."""
+        if self._ends is None:
+            return None
         if len(self._chunks) != len(self._ends):
             raise FormatError(f"{self._pos} bytes, fewer than the {self._ends[-1]} the chunks "
                               "cover")
         return Checksums(self._whole, tuple(self._ends), tuple(self._chunks))
+
+    def sha256(self) -> str:
+        """The hex sha256 of the bytes so far (with ``sha256=True``)."""
+        return self._sha.hexdigest()
 
 
 # -- sealing small JSON documents (manifests) --------------------------------------------

@@ -8,7 +8,6 @@ writes is such a file, loadable by ``safetensors.safe_open`` and Hugging Face to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -198,16 +197,15 @@ def write_shard(out: BinaryIO, items: Sequence[ShardItem],
     header, offsets = encode_header(items)
     ends = chunk_ends(data_start=len(header), spans=offsets.values(),
                       size=len(header) + sum(i.nbytes for i in items))
-    digest, crcs = hashlib.sha256(), ChunkWriter(ends)
+    crcs = ChunkWriter(ends, sha256=True)
     size = 0
     for chunk in _chunks(header, items):
         out.write(chunk)
-        digest.update(chunk)
         crcs.update(chunk)
         size += len(chunk)
         if progress:
             progress(len(chunk))
-    return Written(size, digest.hexdigest(), offsets, crcs.finish())
+    return Written(size, crcs.sha256(), offsets, crcs.finish())
 
 
 def _chunks(header: bytes, items: Iterable[ShardItem]) -> Iterable[bytes | memoryview]:

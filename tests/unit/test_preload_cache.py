@@ -160,13 +160,13 @@ def test_eviction_skips_entries_in_use(tmp_path, remote):
     assert cache.contains(refs[0].sha256) and not cache.contains(refs[1].sha256)
 
 
-def test_open_file_survives_eviction(tmp_path, remote):
+def test_map_survives_eviction(tmp_path, remote):
     (ref,) = make_shards(remote, [3000])
     cache = PreloadCache(tmp_path / "cache", max_bytes=3000)
-    with cache.open(LocalFileSystem(), ref.path, sha256=ref.sha256, size=ref.size) as f:
+    with cache.map(LocalFileSystem(), ref.path, sha256=ref.sha256, size=ref.size) as m:
         cache.evict_to(0)
         assert not cache.contains(ref.sha256)
-        assert f.read() == read(ref.path)
+        assert m[:] == read(ref.path)
 
 
 def test_shard_larger_than_budget_and_bad_digest_are_usage_errors(tmp_path, remote):
@@ -258,8 +258,8 @@ def _worker(cache_dir: str, max_bytes: int, refs: list[ShardRef], seed: int, n: 
     rng = random.Random(seed)
     for _ in range(n):
         ref = rng.choice(refs)
-        with cache.open(fs, ref.path, sha256=ref.sha256, size=ref.size) as f:
-            if hashlib.sha256(f.read()).hexdigest() != ref.sha256:
+        with cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size) as m:
+            if hashlib.sha256(m).hexdigest() != ref.sha256:
                 return 1, cache.stats().evictions
     return 0, cache.stats().evictions
 
