@@ -10,6 +10,7 @@ import bisect
 import json
 import mmap
 import posixpath
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,23 +51,33 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
     if framework not in FRAMEWORKS:
         raise UsageError(f"framework={framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     vdir = catalog.version_dir(manifest.name, manifest.version)
-    own = {name: _fresh(t.nbytes) for name, t in manifest.tensors.items()
-           if t.is_split or t.pieces[0].begin % t.dtype.itemsize}
-    into: dict[str, list[tuple[int, memoryview]]] = {s.path: [] for s in manifest.shards}
-    for name, buf in own.items():
-        view, pos = memoryview(buf), 0
-        for p in manifest.tensors[name].pieces:
-            into[p.shard].append((p.begin, view[pos:pos + p.end - p.begin]))
-            pos += p.end - p.begin
+    # Split or misaligned tensors: (begin, name, position in the tensor, length) per shard.
+    pieces: dict[str, list[tuple[int, str, int, int]]] = {s.path: [] for s in manifest.shards}
+    for name, t in manifest.tensors.items():
+        if t.is_split or t.pieces[0].begin % t.dtype.itemsize:
+            pos = 0
+            for p in t.pieces:
+                pieces[p.shard].append((p.begin, name, pos, p.end - p.begin))
+                pos += p.end - p.begin
+    own: dict[str, np.ndarray] = {}
+    own_lock = threading.Lock()
+
+    def own_view(name: str) -> memoryview:
+        # Allocated by the first shard that needs it, in that shard's worker: new memory
+        # costs (docs/benchmarks.md), and the other workers read on meanwhile.
+        with own_lock:
+            if name not in own:
+                own[name] = _fresh(manifest.tensors[name].nbytes)
+            return memoryview(own[name])
+
     runs: dict[str, list[tuple[int, np.ndarray]]] = {}  # per shard: (offset, buffer), sorted
 
     def read(shard: ShardRecord, progress: Progress) -> None:
+        into = [(b, own_view(name)[pos:pos + n]) for b, name, pos, n in pieces[shard.path]]
         # Offset by lo % 8 in a page-aligned buffer: each tensor as aligned as in the file.
-        got = [(lo, _fresh(hi - lo + lo % 8)[lo % 8:]) for lo, hi in uncovered(into[shard.path],
-                                                                             shard.size)]
+        got = [(lo, _fresh(hi - lo + lo % 8)[lo % 8:]) for lo, hi in uncovered(into, shard.size)]
         read_stream(catalog.fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
-                    into=[*into[shard.path], *((lo, memoryview(b)) for lo, b in got)],
-                    progress=progress)
+                    into=[*into, *((lo, memoryview(b)) for lo, b in got)], progress=progress)
         runs[shard.path] = got
 
     run_all(read, manifest.shards, workers=workers, total=_size(manifest.shards),
