@@ -10,9 +10,11 @@ The pipeline (docs/architecture.md, "Loading onto a device"):
    of the pool, at chunk boundaries.
 2. **Read and check.** ``workers`` threads each take a unit, a slot of the pool (pinned
    host memory on CUDA; ``pool_bytes`` bounds it) and read the unit into it (``pread`` of
-   the local shard or preload-cache entry, an HDFS range read). Each chunk's checksum is
-   checked in the slot by :class:`~modelshard.verified.VerifiedShard`, the one verified
-   read path, so the bytes checked are the bytes that are copied.
+   the local shard, an HDFS range read). Each chunk's checksum is checked in the slot by
+   :class:`~modelshard.verified.VerifiedShard`, the one verified read path, so the bytes
+   checked are the bytes that are copied. A preload-cache entry was checked whole in its
+   memory map (:meth:`~modelshard.cache.preload.PreloadCache.map`); slots are filled from
+   those pages.
 3. **Copy.** The slot is copied asynchronously (one CUDA stream per thread) to its place on
    the device; the slot goes back to the pool with an event, and whoever takes it next
    waits for that copy first. So reading and checking on the host overlap the copies.
@@ -227,6 +229,7 @@ class _Reader:
         self._lock = threading.Lock()
         self._target = threading.local()
         self._fd: int | None = None
+        self._mapped: Any = None  # a preload-cache entry, checked whole in this map
         self.shard: VerifiedShard | None = None
         self._failure: ModelShardError | None = None
 
@@ -255,11 +258,12 @@ class _Reader:
         h, rec, fs = self._h, self.record, self._h.catalog.fs
         cache, trusted = h._cache, False
         if cache is not None and (h._fill_cache or cache.contains(rec.sha256)):
-            f = self._closing.enter_context(cache.open(fs, self._path, sha256=rec.sha256,
-                                                       size=rec.size, checksums=rec.checksums,
-                                                       model=h.key))
-            self._fd, source, local = f.fileno(), "cache", True
-            trusted = rec.checksums is None  # checked whole by its sha256 as it was opened
+            # Checked whole in this map (a hit) or on its way into the cache (a miss): the
+            # slots are filled from these very pages, which are not checked again.
+            self._mapped = cache.map(fs, self._path, sha256=rec.sha256, size=rec.size,
+                                     checksums=rec.checksums, model=h.key)
+            self._closing.callback(_unmap, self._mapped)
+            source, local, trusted = "cache", True, True
         elif (path := fs.local_path(self._path)) is not None:
             try:
                 self._fd = os.open(path, os.O_RDONLY)
@@ -285,6 +289,10 @@ class _Reader:
         if view is None or len(view) < n:  # the header, or a check of the whole shard
             view = memoryview(bytearray(n))
         view = view[:n]
+        if self._mapped is not None:
+            data = memoryview(self._mapped)[offset:offset + n]
+            view[:len(data)] = data
+            return view[:len(data)]
         if self._fd is None:
             data = self._h.catalog.fs.read_range(self._path, offset, n)
             view[:len(data)] = data
@@ -296,6 +304,11 @@ class _Reader:
         except OSError as e:
             raise StorageError(f"{self._path}: cannot read the shard ({e.strerror or e})") from e
         return view[:got]
+
+
+def _unmap(mapped: Any) -> None:
+    with contextlib.suppress(BufferError, AttributeError):  # views still held; or b""
+        mapped.close()
 
 
 class _Pool:
