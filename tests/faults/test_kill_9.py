@@ -1,10 +1,10 @@
 """``kill -9`` of store operations at points spread over the whole operation (a subprocess
-each time, killed by its pid; start-up and commit included): a push, a copy and a reshard
-(its job on the inline runner) commit whole or not at all, an alias move leaves the alias on
-one of its two targets; no kill damages a version committed before, the next operation works
-(a lock left by the dead waits out its lease), and ``gc`` clears what the dead left once
-their leases expired. The trial functions take the catalog's URI:
-``tests/integration/test_faults_hdfs.py`` runs the same trials with the catalog on HDFS."""
+each time, killed by its pid; start-up and commit included; for alias moves, over the moves):
+a push, a copy and a reshard (its job on the inline runner) commit whole or not at all, an
+alias move leaves the alias on one of its two targets; no kill damages a version committed
+before, the next operation works (a lock left by the dead waits out its lease), and ``gc``
+clears what the dead left once their leases expired. The trial functions take the catalog's
+URI: ``tests/integration/test_faults_hdfs.py`` runs the same trials with the catalog on HDFS."""
 
 from __future__ import annotations
 
@@ -118,8 +118,8 @@ def kill_spread(operation: str, args: Callable[[int], tuple[str, ...]], trials: 
     for trial in range(trials):
         proc = start(operation, *args(trial), lease=lease)
         begun(operation, proc)
-        # Trial k aims at the k-th slice of the operation, start-up included, and a quarter
-        # more: one running slower than the timed one is still hit at its end.
+        # Trial k aims at the k-th slice of the operation (from where begun() says), and a
+        # quarter more: one running slower than the timed one is still hit at its end.
         time.sleep(1.25 * duration * (trial + rng.random()) / trials)
         proc.kill()
         killed += proc.wait(60) == -9
@@ -170,8 +170,8 @@ def commit_trials(catalog: str, trials: int, *, operation: str = "push", source:
 
 def alias_trials(catalog: str, trials: int, *, rounds: int, lease: float, seed: int = 11) -> str:
     """``trials`` runs of ``rounds`` alias moves (prod to 1, then 2) killed at points spread
-    over a whole one: prod is on 1 or 2 after each kill, and the next move waits out a lock
-    the dead left; returns the figures."""
+    over the moves of a whole one: prod is on 1 or 2 after each kill, and the next move waits
+    out a lock the dead left; returns the figures."""
     cat = Catalog(catalog, lease_seconds=lease)
     for _ in range(2):
         modelshard.push({"w": np.zeros(2)}, "m", catalog=cat)

@@ -4,8 +4,7 @@ the inline runner), each killed 20 times at points spread over the whole operati
 whole or not at all; alias moves killed 20 times leave the alias on one of its targets.
 Leases are 3 s: HDFS keeps modification times in whole seconds. Each trial starts a JVM
 (seconds, most of a short operation), so the operations are shorter than on the local
-disk, not the trials fewer: versions of 8 shards, reshards to 4, runs of 10 rounds of alias
-moves."""
+disk, not the trials fewer: versions of 8 shards, reshards to 4, runs of 10 alias moves."""
 
 from __future__ import annotations
 
@@ -32,4 +31,4 @@ def test_kill_9_anywhere_in_a_reshard_on_hdfs(hdfs_root):
 
 def test_kill_9_anywhere_in_alias_moves_on_hdfs(hdfs_root):
     fs, root = hdfs_root
-    print(alias_trials(fs.uri(f"{root}/catalog"), 20, rounds=10, lease=LEASE))
+    print(alias_trials(fs.uri(f"{root}/catalog"), 20, rounds=5, lease=LEASE))

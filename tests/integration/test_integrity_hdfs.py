@@ -125,28 +125,32 @@ def test_a_stored_shard_that_differs_aborts_the_push(hdfs_root, monkeypatch):
 
 
 # -- a byte changed in the DataNodes' block files ---------------------------------------------
-def _cached(tmp: Path, m) -> None:
+def _cached(tmp: Path, m) -> bool:
     """The preload cache holds every shard, each intact."""
     entries = [p for p in (tmp / "c").rglob("*") if p.is_file() and len(p.name) == 64]
     assert sorted(p.name for p in entries) == sorted(s.sha256 for s in m.shards)
-    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in entries)
+    return all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in entries)
 
 
 def _folder(folder: Path) -> dict[str, np.ndarray]:
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def _pushed_state(got: dict) -> bool:
+    assert_same(got, STATE)
+    return True
+
+
 # What each read path served (or wrote) is the pushed data.
 SERVED = {
     "get": lambda got, tmp, m: np.array_equal(got, STATE[VICTIM]),
     "get_rows": lambda got, tmp, m: np.array_equal(got, STATE[VICTIM][3:4]),
-    "load through the cache": lambda got, tmp, m: assert_same(got, STATE) is None,
-    "load under a budget": lambda got, tmp, m: assert_same(got, STATE) is None,
-    "pull into memory": lambda got, tmp, m: assert_same(got, STATE) is None,
-    "pull to a folder": lambda got, tmp, m: assert_same(_folder(tmp / "out"), STATE) is None,
-    "preload": lambda got, tmp, m: _cached(tmp, m) is None,
-    "copy": lambda got, tmp, m: assert_same(modelshard.pull("m", catalog=str(tmp / "other")),
-                                            STATE) is None,
+    "load through the cache": lambda got, tmp, m: _pushed_state(got),
+    "load under a budget": lambda got, tmp, m: _pushed_state(got),
+    "pull into memory": lambda got, tmp, m: _pushed_state(got),
+    "pull to a folder": lambda got, tmp, m: _pushed_state(_folder(tmp / "out")),
+    "preload": lambda got, tmp, m: _cached(tmp, m),
+    "copy": lambda got, tmp, m: _pushed_state(modelshard.pull("m", catalog=str(tmp / "other"))),
     "verify": lambda got, tmp, m: True,  # it checked every shard's sha256 and CRC32C
 }
 
@@ -171,7 +175,7 @@ def _read_right(path: str, uri: str, tmp: Path, m) -> None:
     out = _cli(*command, "--catalog", uri)
     assert (out.returncode, out.stderr) == (0, "")  # not even a warning of the HDFS client
     if command[0] == "pull":
-        assert_same(_folder(tmp / "cli"), STATE)
+        _pushed_state(_folder(tmp / "cli"))
 
 
 # The commands read as the API does; what is theirs, a silent stderr while HDFS falls back,
