@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from modelshard.errors import FormatError, UsageError
@@ -131,15 +132,8 @@ def load_state(model: nn.Module, state: dict[str, Any], *, key: str) -> None:
     head does not use (a pre-training head) left out; any other missing weight is an error,
     never left at random."""
     own = model.state_dict()
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    mapped, unused = {}, []
-    for name, tensor in state.items():
-        for candidate in (name, name.removeprefix(f"{prefix}."), f"{prefix}.{name}"):
-            if candidate in own:
-                mapped[candidate] = tensor
-                break
-        else:
-            unused.append(name)
+    names, unused = state_names(model, state)
+    mapped = {key: state[name] for key, name in names.items()}
     missing = set(model.load_state_dict(mapped, strict=False).missing_keys)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -156,6 +150,22 @@ def load_state(model: nn.Module, state: dict[str, Any], *, key: str) -> None:
     if unused:
         log.warning("%s: %d stored tensors are not used by %s, e.g. %s", key, len(unused),
                     type(model).__name__, ", ".join(unused[:3]))
+
+
+def state_names(model: nn.Module, stored: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """``{module state key: stored name}`` as ``from_pretrained`` matches them (with or
+    without the base model's prefix), and the stored names no key takes."""
+    own = model.state_dict(keep_vars=True)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    mapped, unused = {}, []
+    for name in stored:
+        for candidate in (name, name.removeprefix(f"{prefix}."), f"{prefix}.{name}"):
+            if candidate in own:
+                mapped[candidate] = name
+                break
+        else:
+            unused.append(name)
+    return mapped, unused
 
 
 def tokenizer(assets: Assets, *, key: str = "the version") -> Any:

@@ -27,7 +27,7 @@ one and the same error is the model, not the data, at fault: then that error sto
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,13 +124,16 @@ class Predictor:
 
     Output pairs: ``(id, value)`` for a good record (see the module's docstring for the value
     of each output), ``(None, {"error", "record"})`` for one set aside (ids are never None, so
-    the two cannot be confused). ``tokenizer``: the version's, for text inputs.
+    the two cannot be confused). ``tokenizer``: the version's, for text inputs; ``forward``:
+    what runs a batch (default: ``model`` itself).
     """
 
     def __init__(self, model: nn.Module, *, fmt: str, batch_size: int = 1024,
                  inputs: InputSpec = InputSpec(), output: OutputSpec = OutputSpec(),
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, forward: Callable[..., Any] | None = None) -> None:
         self.model = model.eval()
+        # How a batch runs the model: the server binds the weights it holds for the batch.
+        self.forward = forward or self.model
         self.fmt = check_format(fmt)
         if inputs.kind != "features" and fmt != "jsonl":
             raise UsageError(f"--input {inputs.kind}:{inputs.field} reads a field of JSON lines; "
@@ -251,11 +254,11 @@ class Predictor:
             for j, r in enumerate(rows):
                 ids[j, :len(r)] = torch.from_numpy(r)
                 mask[j, :len(r)] = 1
-            out = self.model(input_ids=ids, attention_mask=mask,
+            out = self.forward(input_ids=ids, attention_mask=mask,
                              output_hidden_states=self.output.kind == "embedding")
             return self._values(out, mask, lengths)
         x = torch.from_numpy(np.stack(rows))
-        out = self.model(x.to(self.dtype) if x.is_floating_point() else x)
+        out = self.forward(x.to(self.dtype) if x.is_floating_point() else x)
         return self._values(out, None, lengths)
 
     def _values(self, out: Any, mask: torch.Tensor | None, lengths: list[int]) -> list[object]:

@@ -7,6 +7,7 @@ a reader that finds the budget full of shards in use (or pinned) waits until one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -139,17 +140,7 @@ class ShardScheduler(Generic[K]):
     ) -> None:
         if budget_bytes <= 0:
             raise UsageError(f"budget_bytes={budget_bytes}: the memory budget must be positive")
-        bad = [k for k, s in sizes.items() if s < 0]
-        if bad:
-            raise UsageError(f"shard {bad[0]!r}: negative size {sizes[bad[0]]}")
-        if sizes:
-            largest = max(sizes, key=sizes.__getitem__)
-            if sizes[largest] > budget_bytes:
-                raise UsageError(
-                    f"budget smaller than the largest shard: {largest!r} has {sizes[largest]} "
-                    f"bytes, budget_bytes={budget_bytes}; raise the budget to at least "
-                    f"{sizes[largest]} bytes or reshard the model into smaller shards"
-                )
+        _check_sizes(sizes, budget_bytes)
         if latency_s < 0 or bandwidth_bytes_per_s <= 0:
             raise UsageError("latency_s must be >= 0 and bandwidth_bytes_per_s > 0")
         if prefetch_depth < 0:
@@ -240,6 +231,35 @@ class ShardScheduler(Generic[K]):
             if not e.pins:
                 self._pinned -= e.size
                 self._cond.notify_all()
+
+    def add(self, sizes: Mapping[K, int]) -> None:
+        """Serve more shards from now on (a model, or a new version of one, added to a running
+        process), checked as at construction::
+
+            sched.add({ref: ref.size for ref in new_version_refs})
+        """
+        _check_sizes(sizes, self.budget_bytes)
+        with self._cond:
+            self._sizes.update(sizes)
+
+    def remove(self, keys: Iterable[K]) -> int:
+        """Stop serving ``keys`` (a version no longer served) and free those in memory; a
+        key in use or pinned is a UsageError (nothing is removed). Returns the bytes freed."""
+        keys = [k for k in keys if k in self._sizes]
+        with self._cond:
+            busy = [k for k in keys if (e := self._entries.get(k)) and (e.refs or e.pins or not e.ready)]
+            if busy:
+                raise UsageError(f"shard {busy[0]!r} is in use or pinned; release it before removing it")
+            freed = 0
+            for k in keys:
+                if k in self._entries:
+                    freed += self._entries[k].size
+                    self._drop_locked(k, evicted=False)
+                del self._sizes[k]
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(k)
+            self._cond.notify_all()
+        return freed
 
     def prefetch(self, keys: Iterable[K]) -> None:
         """Fetch ``keys`` in the background, in this order, within idle room only."""
@@ -488,9 +508,26 @@ class ShardScheduler(Generic[K]):
                 self.release_idle()
 
 
-def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = None) -> Fetched:
+def _check_sizes(sizes: Mapping[Any, int], budget_bytes: int) -> None:
+    bad = [k for k, s in sizes.items() if s < 0]
+    if bad:
+        raise UsageError(f"shard {bad[0]!r}: negative size {sizes[bad[0]]}")
+    if sizes:
+        largest = max(sizes, key=sizes.__getitem__)
+        if sizes[largest] > budget_bytes:
+            raise UsageError(
+                f"budget smaller than the largest shard: {largest!r} has {sizes[largest]} "
+                f"bytes, budget_bytes={budget_bytes}; raise the budget to at least "
+                f"{sizes[largest]} bytes or reshard the model into smaller shards"
+            )
+
+
+def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = None,
+                writable: bool = False) -> Fetched:
     """The checked bytes of one shard (:mod:`modelshard.verified`), through the preload cache
-    if given, read once straight into the buffer that is returned.
+    if given (a private copy-on-write map of the entry), else read once straight into the
+    buffer that is returned: read-only, unless ``writable`` (for torch tensors over it,
+    which cannot be read-only; a write never reaches the cache entry).
 
     ``local`` says whether the bytes came from this node: a cache hit, a local filesystem,
     or an HDFS file whose blocks all have a replica here::
@@ -499,9 +536,11 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
     """
     if cache is not None:
         local = cache.contains(ref.sha256)
-        mapped = cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size,
-                           checksums=ref.checksums, model=ref.model)
-        return Fetched(memoryview(mapped).toreadonly(), local=local)
-    data = bytearray(ref.size)
-    read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
-    return Fetched(memoryview(data).toreadonly(), local=replica_is_local(fs, ref.path))
+        data = cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size,
+                         checksums=ref.checksums, model=ref.model)
+    else:
+        data = bytearray(ref.size)
+        read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
+        local = replica_is_local(fs, ref.path)
+    view = memoryview(data)
+    return Fetched(view if writable else view.toreadonly(), local=local)

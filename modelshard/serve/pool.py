@@ -1,0 +1,389 @@
+"""Many models in one process under one byte budget: :class:`ModelPool`.
+
+One :class:`~modelshard.scheduler.ShardScheduler` holds the shards of every version served,
+keyed by :class:`~modelshard.cache.preload.ShardRef` (whose path names the version), under
+one ``budget_bytes``. A batch of requests to one version:
+
+1. is *admitted*: the versions in use or pinned, this one included, must fit the budget
+   together (else the batch waits), so that the scheduler can always make room by evicting
+   idle shards and two batches can never deadlock holding half a model each;
+2. acquires every shard of its version (fetched on demand, through the preload cache if
+   one is configured, checked whole as fetched; a shard's header is checked against the
+   manifest at its first use) and holds them while it runs;
+3. runs the model over tensors that are views of the held shard buffers (no copy), with
+   :func:`torch.func.functional_call` on a weightless copy of the module (meta tensors);
+4. releases the shards, which stay in memory until the cost-aware policy evicts them for
+   another version's shards, or until ``idle_release_s`` without use.
+
+A model whose bytes exceed the budget (less the pinned versions) is **refused** with a
+:class:`TooLargeError`: a forward pass needs every weight at once, so streaming layers would
+fetch the whole model per request. An alias is resolved again after ``alias_ttl_s``: the
+next batch uses the new version (each batch uses one version only), and an old version no
+longer named is dropped from memory once its last batch ends. A version whose bytes fail a
+check is never served again (:class:`UnavailableError`), while the others keep serving.
+
+>>> pool = ModelPool("/tmp/cat", budget_bytes=1 << 30)            # doctest: +SKIP
+>>> version = pool.resolve("digits@prod")                         # doctest: +SKIP
+>>> pool.predict(version, [{"x": [0.0] * 64}])                   # doctest: +SKIP
+[('ok', 3)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modelshard.cache.preload import PreloadCache, ShardRef
+from modelshard.catalog.catalog import Catalog
+from modelshard.catalog.manifest import Manifest, TensorRecord
+from modelshard.errors import IntegrityError, ModelShardError, UsageError
+from modelshard.loading.convert import convert
+from modelshard.loading.sources import shard_ref
+from modelshard.scheduler import ShardScheduler, fetch_shard
+from modelshard.verified import VerifiedShard
+
+log = logging.getLogger(__name__)
+
+
+class TooLargeError(UsageError):
+    """A model larger than the budget left to it: it is refused, never half-served."""
+
+
+class UnavailableError(ModelShardError):
+    """A version that failed a check (or cannot be built): never served again."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A version while a batch uses it: its key and its tensors (views of held shards)."""
+
+    key: str
+    tensors: dict[str, Any]
+
+
+@dataclass
+class _Version:
+    key: str  # name@version
+    manifest: Manifest
+    refs: dict[str, ShardRef]  # by the manifest's shard path
+    nbytes: int
+    in_flight: int = 0
+    pinned: int = 0  # pin() calls
+    failure: ModelShardError | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    headers_checked: set[str] = field(default_factory=set)
+    requests: int = 0
+    runner: Any = None  # the model, built at its first batch (modelshard.serve.runner)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelPool:
+    """The versions served by one process, under one byte budget (see the module docstring).
+
+    Options (keyword-only): ``cache`` (a :class:`PreloadCache` shards are read through),
+    ``policy`` (``"gdsf"``, cost-aware, default; ``"lru"``), ``alias_ttl_s`` (how long an
+    alias's resolution is reused), ``idle_release_s`` (free shards unused that long; None:
+    only when room is needed), ``max_models`` (keep the shards of at most this many versions
+    and drop the least recently used version whole: the policy of Ray Serve's model
+    multiplexing, for comparison; 0: fetch per batch), ``wait_timeout_s`` (how long a batch
+    waits for room), ``trust_code`` (as for ``predict``)::
+
+        with ModelPool("hdfs:///models", budget_bytes=8 << 30) as pool:
+            pool.pin("bert@prod")
+            pool.predict(pool.resolve("digits@prod"), [{"x": [0.0] * 64}])
+    """
+
+    def __init__(self, catalog: str | Catalog, *, budget_bytes: int,
+                 cache: PreloadCache | None = None, policy: str = "gdsf",
+                 alias_ttl_s: float = 2.0, idle_release_s: float | None = None,
+                 max_models: int | None = None, wait_timeout_s: float = 60.0,
+                 trust_code: bool = False) -> None:
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+            raise UsageError(f"budget_bytes={budget_bytes!r}: give a positive number of bytes")
+        if max_models is not None and max_models < 0:
+            raise UsageError(f"max_models={max_models}: give zero or more")
+        self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(catalog)
+        self.budget_bytes = budget_bytes
+        self.cache = cache
+        self.alias_ttl_s = alias_ttl_s
+        self.max_models = max_models
+        self.wait_timeout_s = wait_timeout_s
+        self.trust_code = trust_code
+        fs = self.catalog.fs
+        self.scheduler: ShardScheduler[ShardRef] = ShardScheduler(
+            lambda ref: fetch_shard(fs, ref, cache=cache, writable=True), {},
+            budget_bytes=budget_bytes, policy=policy, prefetch_depth=0,
+            idle_timeout_s=idle_release_s, wait_timeout_s=wait_timeout_s)
+        self._cond = threading.Condition()
+        self._versions: dict[str, _Version] = {}
+        self._resolved: dict[str, tuple[str, float]] = {}  # key -> (name@version, when)
+        self._pins: dict[str, str] = {}  # pinned key -> the version pinned for it
+        self._closed = False
+
+    # -- names -----------------------------------------------------------------------------
+    def resolve(self, key: str) -> str:
+        """``name@version`` that ``key`` (``name``, ``name@alias``, ``name@version``) means
+        now; an alias is looked up again once its resolution is ``alias_ttl_s`` old. A pinned
+        key whose alias moved gets the new version pinned in place of the old."""
+        now = time.monotonic()
+        with self._cond:
+            hit = self._resolved.get(key)
+        if hit is not None and now - hit[1] < self.alias_ttl_s:
+            return hit[0]
+        name, version = self.catalog.resolve(key)
+        target = f"{name}@{version}"
+        with self._cond:
+            self._resolved[key] = (target, now)
+        self._register(target)
+        if key in self._pins and self._pins[key] != target:
+            self._move_pin(key, target)
+        self._retire()
+        return target
+
+    def _register(self, target: str) -> _Version:
+        with self._cond:
+            v = self._versions.get(target)
+            if v is not None:
+                return v
+        name, version = target.split("@", 1)
+        manifest = self.catalog.manifest(name, version)
+        vdir = self.catalog.version_dir(name, version)
+        refs = {s.path: shard_ref(s, posixpath.join(vdir, s.path), target) for s in manifest.shards}
+        v = _Version(target, manifest, refs, sum(r.size for r in refs.values()))
+        with self._cond:
+            if target in self._versions:
+                return self._versions[target]
+            if v.nbytes <= self.budget_bytes:  # a larger one is refused at admission
+                self.scheduler.add({r: r.size for r in refs.values()})
+            self._versions[target] = v
+        return v
+
+    # -- pins ------------------------------------------------------------------------------
+    def pin(self, key: str) -> str:
+        """Hold every shard of the version ``key`` means in memory, now and after each move
+        of its alias (``serve --pin``); returns that version. TooLargeError if the pinned
+        versions would not fit the budget."""
+        target = self.resolve(key)
+        self._pin_version(target)
+        with self._cond:
+            self._pins[key] = target
+        return target
+
+    def _pin_version(self, target: str) -> None:
+        with self._cond:
+            v = self._versions[target]
+            if not v.pinned:
+                pinned = sum(x.nbytes for x in self._versions.values() if x.pinned)
+                if pinned + v.nbytes > self.budget_bytes:
+                    raise TooLargeError(
+                        f"cannot pin {target} ({v.nbytes} bytes): {pinned} bytes are pinned "
+                        f"already and the budget is {self.budget_bytes}; raise --budget or pin less")
+            v.pinned += 1
+        done = []
+        try:
+            for ref in v.refs.values():
+                self.scheduler.pin(ref)
+                done.append(ref)
+        except BaseException:
+            for ref in done:
+                self.scheduler.unpin(ref)
+            with self._cond:
+                v.pinned -= 1
+            raise
+
+    def _unpin_version(self, target: str) -> None:
+        with self._cond:
+            v = self._versions[target]
+            for ref in v.refs.values():
+                self.scheduler.unpin(ref)
+            v.pinned -= 1
+            self._cond.notify_all()
+
+    def _move_pin(self, key: str, target: str) -> None:
+        with self._cond:
+            old = self._pins.get(key)
+            if old is None or old == target:
+                return
+            self._pins[key] = target
+        try:
+            self._pin_version(target)
+        except TooLargeError:  # both do not fit: let go of the old one first
+            self._unpin_version(old)
+            self._pin_version(target)
+        else:
+            self._unpin_version(old)
+
+    # -- batches ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, target: str) -> Iterator[Held]:
+        """Admit a batch on version ``target`` (``name@version``, from :meth:`resolve`) and
+        hold its shards meanwhile; the value holds its tensors::
+
+            with pool.hold("digits@3") as held:
+                held.tensors["0.weight"].shape
+        """
+        v = self._admit(target)
+        try:
+            with contextlib.ExitStack() as stack:
+                bufs = {path: stack.enter_context(self.scheduler.acquire(ref))
+                        for path, ref in v.refs.items()}
+                try:
+                    self._check_headers(v, bufs)
+                    tensors = {name: _tensor(t, bufs) for name, t in v.manifest.tensors.items()}
+                except IntegrityError as e:
+                    self._fail(v, e)
+                    raise UnavailableError(f"{target} failed verification and is not served: {e}") from e
+                yield Held(target, tensors)
+                del tensors
+        except IntegrityError as e:  # a shard's bytes did not match as fetched
+            self._fail(v, e)
+            raise UnavailableError(f"{target} failed verification and is not served: {e}") from e
+        finally:
+            with self._cond:
+                v.in_flight -= 1
+                v.last_used = time.monotonic()
+                self._cond.notify_all()
+            self._trim()
+            self._retire()
+
+    def predict(self, target: str, records: Sequence[dict], *, inputs: str = "features",
+                output: str = "class") -> list[tuple[str, Any]]:
+        """Run ``records`` (JSON objects as ``predict``'s JSON lines hold them) through version
+        ``target``, as one batch; per record ``("ok", value)`` or ``("bad", reason)``."""
+        from modelshard.serve.runner import runner_for
+
+        with self.hold(target) as held:
+            runner = runner_for(self, self._versions[target])
+            return runner.run(held.tensors, records, inputs=inputs, output=output)
+
+    def _admit(self, target: str) -> _Version:
+        deadline = time.monotonic() + self.wait_timeout_s
+        while True:
+            v = self._register(target)  # again if an alias moved away and it was retired
+            with self._cond:
+                if self._versions.get(target) is not v:
+                    continue
+                if self._closed:
+                    raise UnavailableError("the server is shutting down")
+                if v.failure is not None:
+                    raise UnavailableError(f"{target} failed verification and is not served: {v.failure}")
+                pinned = sum(x.nbytes for x in self._versions.values() if x.pinned and x is not v)
+                if v.nbytes + pinned > self.budget_bytes:
+                    raise TooLargeError(
+                        f"{target} has {v.nbytes} bytes of weights; the memory budget is "
+                        f"{self.budget_bytes} bytes, {pinned} of them pinned; raise --budget, pin "
+                        "less, or reshard the model smaller (the server does not stream layers)")
+                others = sum(x.nbytes for x in self._versions.values()
+                             if (x.pinned or x.in_flight) and x is not v)
+                if v.in_flight or v.pinned or others + v.nbytes <= self.budget_bytes:
+                    v.in_flight += 1
+                    v.requests += 1
+                    return v
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UnavailableError(f"{target}: no room within the budget after "
+                                           f"{self.wait_timeout_s} s (other models in use)")
+                self._cond.wait(remaining)
+
+    def _check_headers(self, v: _Version, bufs: dict[str, Any]) -> None:
+        expected = None
+        for path, buf in bufs.items():
+            if path in v.headers_checked:
+                continue
+            expected = expected or v.manifest.shard_entries()
+            rec = v.refs[path]
+            record = next(s for s in v.manifest.shards if s.path == path)
+            VerifiedShard.over_buffer(buf, record, model=v.key, uri=self.catalog.fs.uri(rec.path),
+                                      checked=True).header(expected[path])
+            with self._cond:
+                v.headers_checked.add(path)
+
+    def _fail(self, v: _Version, e: ModelShardError) -> None:
+        log.error("%s: %s; the version is not served any more", v.key, e)
+        with self._cond:
+            v.failure = v.failure or e
+
+    # -- memory ----------------------------------------------------------------------------
+    def _trim(self) -> None:
+        """Whole-model LRU (``max_models``): drop the least recently used idle versions."""
+        if self.max_models is None:
+            return
+        with self._cond:
+            resident = [v for v in self._versions.values()
+                        if any(self.scheduler.contains(r) for r in v.refs.values())]
+            idle = sorted((v for v in resident if not v.in_flight and not v.pinned),
+                          key=lambda v: v.last_used)
+            for v in idle[:max(0, len(resident) - self.max_models)]:
+                self._drop_shards(v)
+
+    def _drop_shards(self, v: _Version) -> None:
+        sizes = {r: r.size for r in v.refs.values()}
+        self.scheduler.remove(sizes)
+        self.scheduler.add(sizes)
+
+    def _retire(self) -> None:
+        """Forget versions that no key names any more and no batch uses (an alias moved)."""
+        now = time.monotonic()
+        with self._cond:
+            named = {t for t, _ in self._resolved.values()} | set(self._pins.values())
+            for key, v in list(self._versions.items()):
+                # Recently used ones stay a while: a batch may be on its way to them.
+                if key not in named and not v.in_flight and not v.pinned \
+                        and now - v.last_used > self.alias_ttl_s:
+                    self.scheduler.remove(v.refs.values())
+                    del self._versions[key]
+
+    # -- reporting -------------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        """Per version known: its bytes, the bytes in memory now, pins, batches in flight and
+        whether it failed (``GET /v1/models``)."""
+        with self._cond:
+            names: dict[str, list[str]] = {}
+            for key, (target, _) in self._resolved.items():
+                names.setdefault(target, []).append(key)
+            out = []
+            for key, v in sorted(self._versions.items()):
+                resident = [r for r in v.refs.values() if self.scheduler.contains(r)]
+                out.append({
+                    "model": key, "keys": sorted(names.get(key, [])), "bytes": v.nbytes,
+                    "shards": len(v.refs), "resident_shards": len(resident),
+                    "resident_bytes": sum(r.size for r in resident), "pinned": bool(v.pinned),
+                    "in_flight": v.in_flight, "batches": v.requests,
+                    "failed": str(v.failure) if v.failure else None})
+        return out
+
+    def close(self) -> None:
+        """Refuse new batches and free every shard not in use."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.scheduler.close()
+
+    def __enter__(self) -> ModelPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
+    """The torch tensor of ``t`` over the held buffers: a view, or (a tensor split across
+    shards) the pieces joined."""
+    parts = [memoryview(bufs[p.shard])[p.begin:p.end] for p in t.pieces]
+    raw = parts[0] if len(parts) == 1 else bytearray(b"".join(parts))
+    return convert(raw, t.dtype, t.shape, "torch", None)
+
+
+def records_as_lines(records: Iterable[dict]) -> list[str]:
+    """Records as the JSON lines a :class:`~modelshard.jobs.predict.Predictor` parses, each
+    with its position as id (what the caller's id was is given back by position)."""
+    return [orjson.dumps({**r, "id": i}).decode() if isinstance(r, dict) else orjson.dumps(r).decode()
+            for i, r in enumerate(records)]
