@@ -29,7 +29,7 @@ from modelshard.errors import ModelShardError
 DEBUG_ENV = "MODELSHARD_DEBUG"
 
 COMMAND_MODULES: list[str] = ["modelshard.commands.store", "modelshard.commands.loading",
-                              "modelshard.commands.jobs"]
+                              "modelshard.commands.jobs", "modelshard.commands.serve"]
 
 
 @dataclass(frozen=True)
