@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 import torch
 from aiohttp import ClientSession
