@@ -9,9 +9,9 @@ HADOOP_HOME := $(CURDIR)/.hadoop
 CLUSTER := bin/modelshard-cluster
 PYTEST_ARGS ?=
 
-.PHONY: setup venv hadoop pydoop test unit quickstart smoke lint cluster-start cluster-stop
+.PHONY: setup venv hadoop pydoop browser test unit quickstart smoke lint cluster-start cluster-stop
 
-setup: venv hadoop pydoop
+setup: venv hadoop pydoop browser
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -29,6 +29,10 @@ $(HADOOP_HOME)/.fetched: pom.xml
 	# mrjob and pydoop look for $$HADOOP_HOME/bin/hadoop.
 	ln -sfn ../../bin/hadoop $(HADOOP_HOME)/bin/hadoop
 	touch $@
+
+# The headless browser of the status page's test (tests/unit/test_serve_http.py): Debian's.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 pydoop: $(VENV)/.pydoop
 $(VENV)/.pydoop: $(VENV)/.installed $(HADOOP_HOME)/.fetched bin/build-pydoop bin/pydoop-2.0.0.patch

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("--memory-mb", type=int, default=None,
                    help="container memory (default: the budget plus 1.5 GiB for Python and torch)")
     s.add_argument("--port", type=int, default=0, help="port on each node (default 0: any free one)")
-    s.add_argument("--retries", type=int, default=10, help="restarts of a failed replica")
+    s.add_argument("--retries", type=int, default=10, help="restarts of each replica")
     s.add_argument("--python-archive", metavar="URI", help="task environment to use (as for the jobs)")
     s.add_argument("--wait", type=duration_arg, default=600.0, metavar="DURATION",
                    help="wait this long for every replica to be ready (0: do not wait)")
@@ -86,6 +86,7 @@ def _serve(args: argparse.Namespace) -> Output:
 
     from modelshard.serve import Server, serve
     from modelshard.serve import registry as reg
+    from modelshard.serve.yarn import REPLICA_ENV
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -98,7 +99,8 @@ def _serve(args: argparse.Namespace) -> Output:
         where.update(host=host, port=port)
         print(f"modelshard serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
         if args.registry:
-            reg.register(args.registry, host, port, container=os.environ.get("CONTAINER_ID"))
+            reg.register(args.registry, host, port, container=os.environ.get("CONTAINER_ID"),
+                         replica=os.environ.get(REPLICA_ENV))
 
     def stopping() -> None:
         if args.registry and where:
@@ -109,11 +111,31 @@ def _serve(args: argparse.Namespace) -> Output:
     return Output(where, "modelshard serve: stopped")
 
 
+def _serve_argv(args: argparse.Namespace) -> list[str]:
+    """The server options of ``serve-yarn start``, as ``serve`` takes them on each replica."""
+    argv = ["--budget", str(args.budget), "--policy", args.policy, "--alias-ttl", str(args.alias_ttl),
+            "--max-body", str(args.max_body), "--max-records", str(args.max_records),
+            "--timeout", str(args.timeout), "--max-concurrency", str(args.max_concurrency),
+            "--workers", str(args.workers)]
+    for key in args.pin:
+        argv += ["--pin", key]
+    if args.cache_dir:
+        argv += ["--cache-dir", args.cache_dir]
+    if args.cache_max_bytes:
+        argv += ["--cache-max-bytes", str(args.cache_max_bytes)]
+    if args.idle_release is not None:
+        argv += ["--idle-release", str(args.idle_release)]
+    if args.trust_code:
+        argv.append("--trust-code")
+    return argv
+
+
 def _yarn_start(args: argparse.Namespace) -> Output:
     from modelshard.serve import yarn
 
-    app = yarn.start(args.name, args, replicas=args.replicas, memory_mb=args.memory_mb,
-                     port=args.port, retries=args.retries, catalog=args.catalog,
+    memory_mb = args.memory_mb or (args.budget >> 20) + 1536
+    app = yarn.start(args.name, _serve_argv(args), catalog=args.catalog, replicas=args.replicas,
+                     memory_mb=memory_mb, port=args.port, retries=args.retries,
                      python_archive=args.python_archive, wait_s=args.wait,
                      echo=lambda line: print(line, file=sys.stderr, flush=True))
     lines = [f"{app.application_id}: {len(app.replicas)} replicas ready"]

@@ -177,6 +177,17 @@ class ModelPool:
             self._pins[key] = target
         return target
 
+    def refresh(self) -> None:
+        """Look the pinned keys up again (the server calls it every second), so that a pinned
+        alias that moved is pinned at its new version even when no request names it."""
+        with self._cond:
+            keys = list(self._pins)
+        for key in keys:
+            try:
+                self.resolve(key)
+            except ModelShardError as e:  # the catalog unreachable a moment: keep what is pinned
+                log.warning("%s: cannot look it up again: %s", key, e)
+
     def _pin_version(self, target: str) -> None:
         with self._cond:
             v = self._versions[target]

@@ -31,9 +31,15 @@ def _entry(host: str, port: int) -> str:
 
 
 def register(folder: str, host: str, port: int, **info: Any) -> str:
-    """Write this replica's file in ``folder`` (created if needed); returns its path."""
+    """Write this replica's file in ``folder`` (created if needed); returns its path. A
+    ``replica`` given (which replica this process is) replaces the file that an earlier
+    process of that replica left (one restarted after a kill -9)."""
     fs, root = get_fs(folder)
     fs.mkdirs(root)
+    if info.get("replica"):
+        for old in replicas(folder):
+            if old.get("replica") == info["replica"]:
+                unregister(folder, old["host"], old["port"])
     path = posixpath.join(root, _entry(host, port))
     tmp = posixpath.join(root, f".{_entry(host, port)}.{os.getpid()}.tmp")
     fs.write_bytes(tmp, orjson.dumps({"host": host, "port": port, "pid": os.getpid(),

@@ -264,8 +264,10 @@ class Server:
 
     async def _start_sampling(self, app: web.Application) -> None:
         async def sample() -> None:
+            loop = asyncio.get_running_loop()
             while True:
                 self._sample()
+                await loop.run_in_executor(self._executor, self.pool.refresh)
                 await asyncio.sleep(1.0)
 
         self._sampler = asyncio.get_running_loop().create_task(sample())

@@ -222,3 +222,15 @@ def test_predictor_forward_hook_is_used():
     p = Predictor(model, fmt="jsonl", forward=lambda x: calls.append(x) or model(x))
     p.add('{"id": 1, "x": [1, 2]}')
     assert p.flush()[0][0] == 1 and len(calls) == 1
+
+
+def test_a_pinned_alias_that_moves_is_pinned_at_its_new_version(cat):
+    push_mlp(cat, "m", [8, 4], seed=1)
+    push_mlp(cat, "m", [8, 4], seed=2, aliases=())
+    with ModelPool(cat, budget_bytes=1 << 20, alias_ttl_s=0.0) as pool:
+        assert pool.pin("m@prod") == "m@1"
+        modelshard.alias("m@prod", 2, catalog=cat)
+        pool.refresh()
+        pinned = {m["model"]: m["pinned"] for m in pool.models()}
+        assert pinned.get("m@2") is True and not pinned.get("m@1")
+        assert pool.scheduler.stats().pinned_bytes == nbytes(cat, "m@2")

@@ -1,0 +1,317 @@
+"""Online prediction of many models under one memory budget (``modelshard serve``), on
+loopback: one server process per run, a load generator in this one.
+
+20 MLPs of mixed sizes (log-uniform, ``--min-mb`` to ``--max-mb``, several shards each) in a
+catalog; Zipf-distributed requests (``--alpha``) from ``--clients`` closed-loop clients.
+Servers compared, side by side in one run (the modes alternate, ``--rounds`` times, the same
+request trace per round; medians reported):
+
+* ``shared``: the shared shard scheduler, cost-aware (GDSF), budget = a quarter of the bytes;
+* ``lru-models``: what Ray Serve's model multiplexing does: LRU over whole models, a fixed
+  number of models per replica (``max_num_models_per_replica``), here as many as the same
+  memory holds when they are the largest ones (a count must never run the replica out of
+  memory), under the same budget;
+* ``per-request``: every model fetched for each batch and dropped after it;
+* ``unlimited``: every model fits (budget = all the bytes), measured once warm.
+
+Per mode: p50/p99 latency, requests/s, bytes fetched and peak bytes held during the measured
+requests. ``--duration S`` instead runs the fixed-rate load test (``--rate`` requests/s on the
+shared server for S seconds), sampling the server's RSS and bytes held every second.
+
+    python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --rounds 3
+    python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --duration 600 --rate 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MODES = ("shared", "lru-models", "per-request", "unlimited")
+WIDTH = 256
+
+
+def model_sizes(n: int, lo_mb: float, hi_mb: float, seed: int) -> list[int]:
+    """Hidden widths of ``n`` MLPs [WIDTH, h, h, 10] whose weights are log-uniform in size."""
+    rng = np.random.default_rng(seed)
+    widths = []
+    for mb in np.exp(rng.uniform(np.log(lo_mb), np.log(hi_mb), n)):
+        n_params = mb * (1 << 20) / 4
+        # h^2 + (WIDTH + 12) h = n_params
+        widths.append(int((-(WIDTH + 12) + np.sqrt((WIDTH + 12) ** 2 + 4 * n_params)) / 2))
+    return widths
+
+
+def push_models(catalog: str, widths: list[int], shard_mb: int) -> dict[str, int]:
+    import modelshard
+    from modelshard.catalog.catalog import Catalog
+    from modelshard.errors import NotFoundError
+    from modelshard.jobs.models import SPEC_ATTR, ModelSpec, mlp
+
+    cat = Catalog(catalog)
+    out = {}
+    for i, h in enumerate(widths):
+        name = f"m{i:02d}"
+        try:
+            m = cat.manifest(*cat.resolve(f"{name}@prod"))
+        except NotFoundError:
+            sizes = [WIDTH, h, h, 10]
+            model = mlp(sizes=sizes, seed=i)
+            m = modelshard.push({k: v.numpy() for k, v in model.state_dict().items()}, name,
+                                catalog=cat, aliases=["prod"], shard_size=shard_mb << 20,
+                                attrs={SPEC_ATTR: ModelSpec("mlp", {"sizes": sizes, "seed": i}).dumps()})
+        out[name] = sum(s.size for s in m.shards)
+    return out
+
+
+def run_server(args: argparse.Namespace) -> None:
+    """The server process of one run (``server`` subcommand)."""
+    from modelshard.serve import ModelPool, Server, serve
+
+    pool = ModelPool(args.catalog, budget_bytes=args.budget, max_models=args.max_models,
+                     wait_timeout_s=600)
+    server = Server(pool, max_concurrency=1024, workers=args.workers, timeout_s=600)
+
+    def listening(host: str, port: int) -> None:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(str(port))
+        os.rename(args.port_file + ".tmp", args.port_file)
+
+    asyncio.run(serve(server, port=0, on_listening=listening))
+
+
+def start_server(catalog: str, budget: int, max_models: int | None, workers: int, tag: str
+                 ) -> tuple[subprocess.Popen, str]:
+    port_file = f"/tmp/bench-serve-{os.getpid()}-{tag}.port"
+    cmd = [sys.executable, __file__, "server", "--catalog", catalog, "--budget", str(budget),
+           "--workers", str(workers), "--port-file", port_file]
+    if max_models is not None:
+        cmd += ["--max-models", str(max_models)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.monotonic() + 120
+    while not os.path.exists(port_file):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server {tag} did not start")
+        time.sleep(0.1)
+    with open(port_file) as f:
+        port = int(f.read())
+    os.unlink(port_file)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def load(url: str, trace: list[str], *, clients: int, rate: float | None = None,
+               sampler=None) -> dict:
+    """Send ``trace``'s requests: closed loop with ``clients``, or open loop at ``rate``/s."""
+    from aiohttp import ClientSession, ClientTimeout
+
+    body = {"records": [{"x": r} for r in np.random.default_rng(0).standard_normal((4, WIDTH)).tolist()]}
+    payload = json.dumps(body).encode()
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with ClientSession(timeout=ClientTimeout(total=600)) as s:
+        async def one(key: str) -> None:
+            t0 = time.perf_counter()
+            async with s.post(f"{url}/v1/models/{key}@prod:predict", data=payload,
+                              headers={"Content-Type": "application/json"}) as r:
+                await r.read()
+                if r.status != 200:
+                    errors.append(f"{r.status} {(await r.text())[:200]}")
+            latencies.append(time.perf_counter() - t0)
+
+        async def status() -> dict:
+            async with s.get(f"{url}/v1/status") as r:
+                return await r.json()
+
+        before = await status()
+        t0 = time.perf_counter()
+        if rate is None:
+            it = iter(trace)
+
+            async def client() -> None:
+                for key in it:
+                    await one(key)
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+        else:
+            tasks = []
+            for i, key in enumerate(trace):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if sampler:
+                    sampler()
+                tasks.append(asyncio.create_task(one(key)))
+            await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+        after = await status()
+    lat = np.array(latencies)
+    return {"requests": len(trace), "errors": len(errors), "first_errors": errors[:3],
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "req_per_s": len(trace) / elapsed,
+            "bytes_fetched": after["bytes_fetched"] - before["bytes_fetched"],
+            "hit_rate": (after["hits"] - before["hits"]) / max(1, (after["hits"] + after["misses"]
+                                                                  - before["hits"] - before["misses"]))}
+
+
+def peak_sampler(proc: subprocess.Popen, url: str, out: dict) -> None:
+    """Background sampling of the server's bytes held (its /v1/status) and RSS."""
+    import threading
+    import urllib.request
+
+    def loop() -> None:
+        while proc.poll() is None and not out.get("stop"):
+            try:
+                with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+                    held = json.loads(r.read())["bytes_held"]
+                out["peak_held"] = max(out.get("peak_held", 0), held)
+                out["peak_rss"] = max(out.get("peak_rss", 0), rss_bytes(proc.pid))
+                out.setdefault("series", []).append((time.time(), held, rss_bytes(proc.pid)))
+            except OSError:
+                pass
+            time.sleep(0.2 if out.get("fast", True) else 1.0)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list[str]) -> dict:
+    total = sum(sizes.values())
+    budget = total // 4
+    max_models = None
+    if mode == "lru-models":
+        max_models = models_that_fit(sizes, budget)
+    elif mode == "per-request":
+        max_models, budget = 0, total
+    elif mode == "unlimited":
+        budget = total
+    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode)
+    try:
+        asyncio.run(load(url, warm, clients=args.clients))  # warm-up, not measured
+        peaks: dict = {}
+        peak_sampler(proc, url, peaks)
+        result = asyncio.run(load(url, trace, clients=args.clients))
+        peaks["stop"] = True
+        result.update(mode=mode, budget=budget, max_models=max_models,
+                      peak_held=peaks.get("peak_held", 0), peak_rss=peaks.get("peak_rss", 0))
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def models_that_fit(sizes: dict[str, int], budget: int) -> int:
+    """Ray Serve's ``max_num_models_per_replica`` for a replica of ``budget`` bytes: a count,
+    so it must hold the largest models at once without running out of memory."""
+    largest = sorted(sizes.values(), reverse=True)
+    return max(1, max(k for k in range(len(largest) + 1) if sum(largest[:k]) <= budget))
+
+
+def zipf_keys(names: list[str], n: int, alpha: float, seed: int) -> list[str]:
+    from modelshard.scheduler import zipf_trace
+
+    return [names[i] for i in zipf_trace(len(names), n, alpha=alpha, seed=seed)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd")
+    s = sub.add_parser("server")
+    s.add_argument("--catalog", required=True)
+    s.add_argument("--budget", type=int, required=True)
+    s.add_argument("--max-models", type=int)
+    s.add_argument("--workers", type=int, default=4)
+    s.add_argument("--port-file", required=True)
+    p.add_argument("--catalog", default="hdfs:///user/root/bench-serve")
+    p.add_argument("--models", type=int, default=20)
+    p.add_argument("--min-mb", type=float, default=2.0)
+    p.add_argument("--max-mb", type=float, default=24.0)
+    p.add_argument("--shard-mb", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--duration", type=float, help="run the fixed-rate load test for this many seconds")
+    p.add_argument("--rate", type=float, default=40.0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.cmd == "server":
+        run_server(args)
+        return
+    sizes = push_models(args.catalog, model_sizes(args.models, args.min_mb, args.max_mb, args.seed),
+                        args.shard_mb)
+    names = sorted(sizes)
+    total = sum(sizes.values())
+    print(f"# {len(names)} models, {total / 2**20:.1f} MiB in all, {min(sizes.values()) / 2**20:.1f}.."
+          f"{max(sizes.values()) / 2**20:.1f} MiB each; budget {total / 4 / 2**20:.1f} MiB; "
+          f"loadavg {os.getloadavg()[0]:.2f}", flush=True)
+    if args.duration:
+        fixed_rate(args, sizes, names)
+        return
+    runs: dict[str, list[dict]] = {m: [] for m in args.modes.split(",")}
+    for r in range(args.rounds):
+        trace = zipf_keys(names, args.requests, args.alpha, args.seed + 1 + r)
+        warm = zipf_keys(names, args.warmup, args.alpha, args.seed + 101 + r)
+        if "unlimited" in runs:
+            warm_all = names + warm
+        for mode in runs:
+            res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm)
+            runs[mode].append(res)
+            print(json.dumps({"round": r, **res}), flush=True)
+    print("\n| server | p50 ms | p99 ms | req/s | MiB fetched | peak MiB held | errors |")
+    print("|---|---|---|---|---|---|---|")
+    med = {}
+    for mode, results in runs.items():
+        med[mode] = {k: statistics.median(x[k] for x in results)
+                     for k in ("p50_ms", "p99_ms", "req_per_s", "bytes_fetched", "peak_held")}
+        errors = sum(x["errors"] for x in results)
+        m = med[mode]
+        print(f"| {mode} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['req_per_s']:.1f} | "
+              f"{m['bytes_fetched'] / 2**20:.0f} | {m['peak_held'] / 2**20:.0f} | {errors} |")
+    if "shared" in med and "lru-models" in med:
+        print(f"\np99 shared / lru-models: {med['shared']['p99_ms'] / med['lru-models']['p99_ms']:.2f}")
+    if "shared" in med and "unlimited" in med:
+        print(f"req/s shared / unlimited: {med['shared']['req_per_s'] / med['unlimited']['req_per_s']:.2f}")
+
+
+def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
+    total = sum(sizes.values())
+    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed")
+    try:
+        asyncio.run(load(url, zipf_keys(names, args.warmup, args.alpha, args.seed + 7), clients=args.clients))
+        samples: dict = {"fast": False}
+        peak_sampler(proc, url, samples)
+        n = int(args.duration * args.rate)
+        res = asyncio.run(load(url, zipf_keys(names, n, args.alpha, args.seed + 8), clients=0, rate=args.rate))
+        samples["stop"] = True
+        series = samples.get("series", [])
+        rss = [x[2] for x in series]
+        res.update(budget=total // 4, peak_held=samples.get("peak_held", 0), rss_first=rss[0] if rss else 0,
+                   rss_max=max(rss) if rss else 0, rss_last=rss[-1] if rss else 0,
+                   rss_first_minute_max=max((x[2] for x in series if x[0] - series[0][0] < 60), default=0),
+                   rss_last_minute_max=max((x[2] for x in series if series[-1][0] - x[0] < 60), default=0))
+        print(json.dumps(res), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()
