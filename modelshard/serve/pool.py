@@ -36,6 +36,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,8 @@ class ModelPool:
     only when room is needed), ``max_models`` (keep the shards of at most this many versions
     and drop the least recently used version whole: the policy of Ray Serve's model
     multiplexing, for comparison; 0: fetch per batch), ``wait_timeout_s`` (how long a batch
-    waits for room), ``trust_code`` (as for ``predict``)::
+    waits for room), ``fetch_workers`` (shards of a batch fetched at once), ``trust_code``
+    (as for ``predict``)::
 
         with ModelPool("hdfs:///models", budget_bytes=8 << 30) as pool:
             pool.pin("bert@prod")
@@ -105,7 +107,7 @@ class ModelPool:
                  cache: PreloadCache | None = None, policy: str = "gdsf",
                  alias_ttl_s: float = 2.0, idle_release_s: float | None = None,
                  max_models: int | None = None, wait_timeout_s: float = 60.0,
-                 trust_code: bool = False) -> None:
+                 fetch_workers: int = 4, trust_code: bool = False) -> None:
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
             raise UsageError(f"budget_bytes={budget_bytes!r}: give a positive number of bytes")
         if max_models is not None and max_models < 0:
@@ -127,6 +129,7 @@ class ModelPool:
         self._resolved: dict[str, tuple[str, float]] = {}  # key -> (name@version, when)
         self._pins: dict[str, str] = {}  # pinned key -> the version pinned for it
         self._closed = False
+        self._fetcher = ThreadPoolExecutor(fetch_workers, thread_name_prefix="modelshard-fetch")
 
     # -- names -----------------------------------------------------------------------------
     def resolve(self, key: str) -> str:
@@ -244,8 +247,7 @@ class ModelPool:
         v = self._admit(target)
         try:
             with contextlib.ExitStack() as stack:
-                bufs = {path: stack.enter_context(self.scheduler.acquire(ref))
-                        for path, ref in v.refs.items()}
+                bufs = self._acquire_all(v, stack)
                 try:
                     self._check_headers(v, bufs)
                     tensors = {name: _tensor(t, bufs) for name, t in v.manifest.tensors.items()}
@@ -264,6 +266,24 @@ class ModelPool:
                 self._cond.notify_all()
             self._trim()
             self._retire()
+
+    def _acquire_all(self, v: _Version, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """Every shard of ``v``, the missing ones fetched in parallel (``fetch_workers``);
+        each one acquired is released by ``stack``, also when another fails. Admission has
+        made room, so no fetch waits for another batch's shards."""
+        leases = {path: self.scheduler.acquire(ref) for path, ref in v.refs.items()}
+        futures = {path: self._fetcher.submit(lease.__enter__) for path, lease in leases.items()}
+        bufs, failure = {}, None
+        for path, fut in futures.items():
+            try:
+                bufs[path] = fut.result()
+            except BaseException as e:  # noqa: BLE001 - raised below, once all are accounted for
+                failure = failure or e
+                continue
+            stack.push(leases[path].__exit__)
+        if failure is not None:
+            raise failure
+        return bufs
 
     def predict(self, target: str, records: Sequence[dict], *, inputs: str = "features",
                 output: str = "class") -> list[tuple[str, Any]]:
@@ -376,6 +396,7 @@ class ModelPool:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._fetcher.shutdown(wait=True)
         self.scheduler.close()
 
     def __enter__(self) -> ModelPool:
