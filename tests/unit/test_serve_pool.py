@@ -234,3 +234,16 @@ def test_a_pinned_alias_that_moves_is_pinned_at_its_new_version(cat):
         pinned = {m["model"]: m["pinned"] for m in pool.models()}
         assert pinned.get("m@2") is True and not pinned.get("m@1")
         assert pool.scheduler.stats().pinned_bytes == nbytes(cat, "m@2")
+
+
+def test_shards_come_through_the_preload_cache_when_one_is_given(cat, tmp_path):
+    from modelshard.cache.preload import PreloadCache
+
+    model = push_mlp(cat, "a", [8, 16, 3])
+    cache = PreloadCache(str(tmp_path / "cache"), max_bytes=1 << 24)
+    for _ in range(2):  # a miss fills the cache, then its entry is mapped
+        with ModelPool(cat, budget_bytes=1 << 20, cache=cache) as pool:
+            got = pool.predict(pool.resolve("a@prod"), [{"x": [1.0] * 8}], output="tensor")
+        np.testing.assert_allclose(got[0][1], model(torch.ones(1, 8))[0].tolist(), atol=1e-6)
+    st = cache.stats()
+    assert st.entries == 1 and st.hits == 1 and st.misses == 1
