@@ -114,8 +114,12 @@ def start(name: str, serve_args: Sequence[str], *, catalog: str | None, replicas
                    "".join(f"{i}\n" for i in range(replicas)).encode())
     args = [*serve_args, "--catalog", catalog, "--port", str(port), "--registry", folder]
     script = _SCRIPT % {"replica_env": REPLICA_ENV, "args": " ".join(shlex.quote(a) for a in args)}
-    app_id = _submit(jar, name, script, folder=fs.uri(root), env=shipped.env.uri, code=shipped.code.uri,
-                     memory_mb=memory_mb, retries=retries)
+    try:
+        app_id = _submit(jar, name, script, folder=fs.uri(root), env=shipped.env.uri,
+                         code=shipped.code.uri, memory_mb=memory_mb, retries=retries)
+    except BaseException:
+        fs.delete(root, recursive=True)  # nothing runs: leave nothing behind
+        raise
     fs.write_bytes(posixpath.join(root, APPLICATION_FILE), app_id.encode())
     if echo:
         echo(f"{app_id}: submitted {replicas} replicas of modelshard serve")
