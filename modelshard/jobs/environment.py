@@ -69,7 +69,6 @@ _FORMAT = 2  # what the packer leaves out or adds; part of every environment's k
 # Resharding moves bytes: neither torch nor transformers (nor what only they need) goes there.
 _SLIM_EXCLUDES = frozenset({"torch", "transformers", "tokenizers", "pyarrow"})
 _OWN = frozenset({"modelshard"})
-_SERVE = ("aiohttp", "prometheus-client")
 _OWN_PACKAGES = ("modelshard", "mr_tasks")
 _STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo",
                           "ensurepip", "lib2to3", "__phello__"})
@@ -230,10 +229,6 @@ def _closure(flavour: str) -> dict[str, md.Distribution]:
     todo = [(text, "modelshard") for text in md.requires("modelshard") or ()]
     todo += [(text, d.name) for d in plugins for text in d.requires or ()]
     todo.append(("pydoop", "the tasks' HDFS client"))
-    if flavour == "full":
-        # modelshard serve's, which its replicas on YARN need; named here too because an
-        # editable install made before they were required does not list them.
-        todo += [(name, "modelshard serve") for name in _SERVE]
     while todo:
         text, needed_by = todo.pop()
         req = Requirement(text)
