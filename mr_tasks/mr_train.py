@@ -1,85 +1,113 @@
-"""One epoch of data-parallel training by parameter averaging.
+"""One epoch of data-parallel training by parameter averaging; no weights in the shuffle.
 
-Mappers load the current weights from the catalog, train on their input split and emit
-every parameter with their example count; reducers average them weighted by count, each
-reducer owning the parameters the shuffle sends it and writing them as its own shard into
-the staging folder of the next version; the driver (``modelshard.jobs.training``) commits
-that version. Settings come from the job XML (``templates/train_config.xml.j2``).
+Each map task's input line names one split (a data file); the mapper loads the current
+weights, trains on the split's records in batches as it reads them, writes its parameters
+as one piece per planned shard into the epoch's staging folder and emits only a small
+report per piece. The reducer of each planned shard averages the pieces by streaming,
+applies the outer optimizer and writes the shard of the next version; the driver
+(``modelshard.jobs.training``) commits it. See :mod:`modelshard.jobs.averaging`. Settings
+come from the job XML (``templates/train_config.xml.j2``). Reducers never import torch.
 """
 
-import numpy as np
+import resource
+
 from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
-from mrjob.protocol import JSONProtocol, RawValueProtocol
+from mrjob.protocol import JSONProtocol, JSONValueProtocol
 
-from modelshard.jobs import wire
-from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, load_model, trusts_code
-from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, declared_width
-from modelshard.jobs.records import BadRecord, parse_record
-from modelshard.jobs.shardio import write_shard_file
-from modelshard.jobs.train import average, train_split
+from modelshard.catalog.catalog import Catalog
+from modelshard.fs import get_fs
+from modelshard.jobs.averaging import Outer, reduce_shard, shard_index, shard_key, train_plans, write_pieces
+from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, trusts_code
+from modelshard.loading import open as open_model
 
 COUNTERS = "modelshard"
-# Parameter names are strings; these keys are not, so they cannot collide with one.
-METRICS, SHARD, BAD = ["metrics"], ["shard"], None
+# Shard keys are strings; these keys are not, so they cannot collide with one.
+METRICS, SHARD, PEAK_RSS, BAD = ["metrics"], ["shard"], ["peak RSS MiB"], None
 
 
 def conf(name, default=None):
     return jobconf_from_env("modelshard." + name, default)
 
 
+def outer():
+    return Outer(lr=float(conf("train.outer_lr")), momentum=float(conf("train.outer_momentum")))
+
+
+def peak_rss_mib() -> int:
+    """This task's peak resident memory (Linux reports KiB), the libhdfs JVM in it included."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 class MRTrain(MRJob):
-    INPUT_PROTOCOL = RawValueProtocol
+    INPUT_PROTOCOL = JSONValueProtocol
     OUTPUT_PROTOCOL = JSONProtocol
 
     def mapper_init(self):
+        from modelshard.jobs.modelio import load_model
+
         self.set_status("loading model " + conf("model"))
         self.model = load_model(conf("catalog"), conf("model"), progress=self.set_status,
                                 trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)))
-        self.n_features = declared_width(self.model)
-        self.fmt = conf("format", "jsonl")
-        self.xs, self.ys = [], []
+        cat = Catalog(conf("catalog"))
+        self.plans = train_plans(cat.manifest(*cat.resolve(conf("model"))), outer=outer())
 
-    def mapper(self, _, line):
+    def mapper(self, _, task):
+        from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, declared_width
+        from modelshard.jobs.train import train_file
+
+        split = int(task["split"])
+        fs, path = get_fs(task["file"])
+
+        def lines():
+            with fs.open_read(path) as f:
+                for raw in f:
+                    yield raw.decode("utf-8", "replace")
+
+        self.set_status(f"training on split {split}: {task['file']}")
+        run = train_file(self.model, lines, fmt=conf("format", "jsonl"), n_features=declared_width(self.model),
+                         lr=float(conf("train.lr")), batch_size=int(conf("train.batch_size")),
+                         seed=int(conf("train.seed", "0")) + split, epochs=int(conf("train.local_epochs", "1")),
+                         buffer=int(conf("train.shuffle_buffer")))
         try:
-            _, x, y = parse_record(line, self.fmt, n_features=self.n_features)
-            if y is None:
-                raise BadRecord("no label")
-        except BadRecord as e:
-            self.increment_counter(COUNTERS, "bad records")
-            yield BAD, {"error": str(e), "record": line.rstrip("\r\n")[:MAX_BAD_RECORD_CHARS]}
-            return
-        self.xs.append(x)
-        self.ys.append(y)
-
-    def mapper_final(self):
-        self.set_status(f"training on {len(self.xs)} records")
-        x = np.stack(self.xs) if self.xs else np.zeros((0, self.n_features or 0), np.float32)
-        # Each split shuffles with its own seed; the task partition number tells them apart.
-        seed = int(conf("train.seed", "0")) + int(jobconf_from_env("mapreduce.task.partition", "0"))
-        metrics = train_split(self.model, x, np.asarray(self.ys), epochs=int(conf("train.local_epochs", "1")),
-                              lr=float(conf("train.lr")), batch_size=int(conf("train.batch_size")), seed=seed)
-        self.increment_counter(COUNTERS, "records", len(self.xs))
-        for name, tensor in self.model.state_dict().items():
-            yield name, [len(self.xs), wire.encode(tensor.numpy())]
+            while True:
+                reason, line = next(run)
+                self.increment_counter(COUNTERS, "bad records")
+                yield BAD, {"error": reason, "split": split, "record": line.rstrip("\r\n")[:MAX_BAD_RECORD_CHARS]}
+        except StopIteration as done:
+            metrics = done.value
+        self.increment_counter(COUNTERS, "records", metrics.count)
+        self.set_status(f"writing the pieces of split {split}")
+        state = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
+        reports = write_pieces(state, self.plans, conf("train.staging"), split=split, count=metrics.count)
+        for i, report in enumerate(reports):
+            yield shard_key(i, len(self.plans)), report
         yield METRICS, [metrics.loss_sum, metrics.correct, metrics.count]
 
+    def mapper_final(self):
+        yield PEAK_RSS, ["map", peak_rss_mib()]
+
     def reducer_init(self):
-        self.owned = {}
+        self.parent = open_model(conf("model"), catalog=conf("catalog"), record_stats=False)
+        self.plans = train_plans(self.parent.manifest, outer=outer())
 
     def reducer(self, key, values):
         if key == METRICS:
             yield key, [sum(v) for v in zip(*values, strict=True)]
+        elif key == PEAK_RSS:
+            yield key, ["map", max(mib for _, mib in values)]
         elif key == BAD:
             yield from ((key, v) for v in values)
         else:
-            self.owned[key] = average((n, wire.decode(t)) for n, t in values)
+            plan = self.plans[shard_index(key)]
+            self.set_status(f"averaging {plan.filename}")
+            yield SHARD, reduce_shard(plan, list(values), splits=int(conf("train.splits")), parent=self.parent,
+                                      staging_uri=conf("train.staging"), outer=outer(), model=conf("model"))
+            self.increment_counter(COUNTERS, "shards written")
 
     def reducer_final(self):
-        if self.owned:
-            self.set_status(f"writing {len(self.owned)} averaged parameters")
-            partition = int(jobconf_from_env("mapreduce.task.partition", "0"))
-            yield SHARD, write_shard_file(conf("train.staging"), f"part-{partition:05d}", self.owned)
+        self.parent.close()
+        yield PEAK_RSS, ["reduce", peak_rss_mib()]
 
 
 if __name__ == "__main__":

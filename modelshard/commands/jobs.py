@@ -50,7 +50,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    'built-in MLP')
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--reducers", type=int, default=2, help="reducers, each writing its own shard")
+    p.add_argument("--outer-lr", type=float, default=0.7,
+                   help="outer optimizer's step on the averaged update (1 with --outer-momentum 0: plain averaging)")
+    p.add_argument("--outer-momentum", type=float, default=0.9, help="outer optimizer's Nesterov momentum")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same weights on every runner")
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--eval", metavar="DATA", help="labelled records to report test accuracy on")
     p.add_argument("--out", metavar="DIR", help="write metrics.jsonl and curves.png here")
@@ -110,12 +113,14 @@ def _job_args(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> Output:
+    from modelshard.jobs.averaging import Outer
     from modelshard.jobs.records import read_labeled
     from modelshard.jobs.training import train
 
     test = read_labeled(args.eval, args.format) if args.eval else None
     r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-              init=ModelSpec.from_text(args.init) if args.init else None, num_reduces=args.reducers, fmt=args.format,
+              init=ModelSpec.from_text(args.init) if args.init else None, fmt=args.format, seed=args.seed,
+              outer=Outer(lr=args.outer_lr, momentum=args.outer_momentum),
               test_data=test, out_dir=args.out, trust_code=args.trust_code, **_job_args(args))
     epochs = [e.__dict__ for e in r.epochs]
     last = r.epochs[-1] if r.epochs else None

@@ -6,10 +6,13 @@ task's own error (mrjob only logs it as the "probable cause"), not just "step fa
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import re
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +22,7 @@ from mrjob.step import StepFailedException
 from mrjob.util import to_lines
 
 from modelshard.errors import JobError, ModelShardError, NotFoundError, UsageError
-from modelshard.fs import FileSystem, get_fs
+from modelshard.fs import FileInfo, FileSystem, get_fs
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
 from modelshard.jobs.runner import HadoopRunner
@@ -31,8 +34,9 @@ def job_path(fs: FileSystem, path: str) -> str:
     return fs.uri(path) if fs.scheme != "file" else path
 
 
-def input_files(uri: str) -> list[str]:
-    """The data files under ``uri`` (a file or a folder), checked before any job starts."""
+def data_files(uri: str) -> tuple[FileSystem, list[FileInfo]]:
+    """The data files under ``uri`` (a file or a folder; names starting with ``_`` or ``.``
+    skipped), checked before any job starts: present and not empty."""
     fs, path = get_fs(uri)
     if not fs.exists(path):
         raise NotFoundError(f"input {uri} does not exist; check the path")
@@ -44,7 +48,29 @@ def input_files(uri: str) -> list[str]:
     for f in files:
         if f.size == 0:
             raise UsageError(f"input file {fs.uri(f.path)} is empty: every training split needs records")
+    return fs, files
+
+
+def input_files(uri: str) -> list[str]:
+    """The data files under ``uri`` (see :func:`data_files`) as the runners want them."""
+    fs, files = data_files(uri)
     return [job_path(fs, f.path) for f in files]
+
+
+@contextlib.contextmanager
+def task_inputs(runner: str, catalog_fs: FileSystem, docs: Sequence[Sequence[dict]]) -> Iterator[list[str]]:
+    """One input file per task holding its JSON ``docs`` (a file is one split on every
+    runner), written where the runner reads: the catalog's HDFS for YARN (nothing to
+    upload), else a local folder; removed afterwards."""
+    fs, folder = get_fs(catalog_fs.uri(f"/tmp/modelshard-jobs/{uuid.uuid4().hex}") if runner == "hadoop"
+                        else tempfile.mkdtemp(prefix="modelshard-job-"))
+    try:
+        paths = [f"{folder}/task-{i:05d}.jsonl" for i in range(len(docs))]
+        for path, lines in zip(paths, docs, strict=True):
+            fs.write_bytes(path, "".join(json.dumps(d) + "\n" for d in lines).encode())
+        yield [job_path(fs, path) for path in paths]
+    finally:
+        fs.delete(folder, recursive=True)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.fetch import read_asset
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import UsageError
+from modelshard.jobs.averaging import is_state
 from modelshard.jobs.hf import CONFIG
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec, build, factory, load_weights
 from modelshard.loading import open as open_model
@@ -109,7 +110,8 @@ def load_model(catalog_uri: str, key: str, *, cache_dir: str | None = None, budg
         progress(f"fetching weights of {key}")
     with open_model(key, catalog=catalog, cache_dir=cache_dir or None, fill_cache=bool(cache_dir),
                     budget_bytes=budget_bytes, record_stats=record_stats) as handle:
-        state = handle.load_state_dict(framework="torch")
+        # The outer optimizer's state travels with a trained version; the model has no place for it.
+        state = handle.load_state_dict([n for n in handle.names() if not is_state(n)], framework="torch")
         stats = handle.stats()
     if counter:
         counts = {"model bytes read by range": stats.range_bytes, "model shards local": stats.local_shards,

@@ -5,14 +5,11 @@ chunk it serves). The driver is :mod:`modelshard.jobs.resharding`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError, UsageError
-from modelshard.fs import FileSystem
-from modelshard.jobs.launch import job_path
 from modelshard.jobs.shardio import array_items, write_items
 from modelshard.loading import ModelHandle
 from modelshard.shards import dtypes, planner
@@ -78,11 +75,7 @@ def write_planned_shard(source: ModelHandle, staging_uri: str, plan_doc: dict) -
             "offsets": {k: list(v) for k, v in w.offsets.items()}}
 
 
-def task_inputs(plans: Sequence[ShardPlan], fs: FileSystem, folder: str, *, tasks: int) -> list[str]:
-    """One input file per task (a file is one split on every runner), plans dealt
-    round-robin; written where the runner reads (HDFS for YARN: nothing to upload)."""
+def task_plans(plans: Sequence[ShardPlan], *, tasks: int) -> list[list[dict]]:
+    """The plans of each task's input, dealt round-robin to at most ``tasks`` tasks."""
     n = max(1, min(len(plans), tasks))
-    paths = [f"{folder}/plans-{i:03d}.jsonl" for i in range(n)]
-    for i, path in enumerate(paths):
-        fs.write_bytes(path, "".join(json.dumps(plan_to_json(p)) + "\n" for p in plans[i::n]).encode())
-    return [job_path(fs, path) for path in paths]
+    return [[plan_to_json(p) for p in plans[i::n]] for i in range(n)]

@@ -5,8 +5,6 @@ map-only streaming job and committed through the store's one atomic commit path.
 
 from __future__ import annotations
 
-import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 
 from modelshard.catalog.catalog import Catalog
@@ -14,11 +12,10 @@ from modelshard.catalog.commit import carry_assets, commit_version, staged_manif
 from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError
-from modelshard.fs import get_fs
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
-from modelshard.jobs.launch import run_job
-from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_inputs
+from modelshard.jobs.launch import run_job, task_inputs
+from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_plans
 from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import Written
 from mr_tasks.mr_reshard import MRReshard
@@ -56,11 +53,7 @@ def reshard(
     size, plans = plan_reshard(source, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
 
     def stage(new_version: str, staging: str) -> Manifest:
-        # The plans go where the runner reads: HDFS for YARN (no upload), else a local folder.
-        fs, scratch = get_fs(cat.fs.uri(f"/tmp/modelshard-jobs/{uuid.uuid4().hex}") if runner == "hadoop"
-                             else tempfile.mkdtemp(prefix="modelshard-reshard-"))
-        try:
-            inputs = task_inputs(plans, fs, scratch, tasks=tasks)
+        with task_inputs(runner, cat.fs, task_plans(plans, tasks=tasks)) as inputs:
             xml = render_job_xml("reshard", **{
                 "job_name": f"modelshard-reshard {name}@{version}", "num_maps": len(inputs), "num_reduces": 0,
                 "catalog": cat.uri, "model": f"{name}@{version}", "input": "", "output": "",
@@ -69,8 +62,6 @@ def reshard(
             job = run_job(MRReshard, runner=runner, inputs=inputs, output_dir=None, jobconf=parse_job_xml(xml),
                           catalog=cat.uri, flavour="slim", python_archive=python_archive,
                           mrjob_conf=mrjob_conf, overrides=overrides, echo=echo)
-        finally:
-            fs.delete(scratch, recursive=True)
         reports = dict(job.output)
         missing = [p.filename for p in plans if p.filename not in reports]
         if missing:

@@ -1,13 +1,18 @@
 """Data-parallel training by iterative parameter averaging (McDonald et al. 2010; local
-SGD / FedAvg): each epoch every split trains from the same weights, then the weights are
-averaged, weighted by the number of examples each split saw. The MapReduce job
-(``mr_tasks/mr_train.py``) runs :func:`train_split` in its mappers and :func:`average` in
-its reducers; :func:`train_reference` is the single-process run it is compared with.
+SGD / FedAvg / DiLoCo): each epoch every split trains from the same weights, then the
+weights are averaged, weighted by the number of examples each split saw, and an outer
+optimizer steps on the averaged update (:mod:`modelshard.jobs.averaging`).
+
+The mappers of ``mr_tasks/mr_train.py`` run :func:`train_file`: records are trained on in
+batches as they are read, through a bounded shuffle buffer (memory: the buffer, not the
+split). :func:`train_reference` is the single-process run it is compared with; both go
+through the same :class:`StreamTrainer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +20,11 @@ import torch
 from torch import nn
 
 from modelshard.errors import UsageError
+from modelshard.jobs.records import BadRecord, parse_record
+
+# Records held to shuffle a split that is read as a stream; a split of at most this many
+# records is shuffled as a whole, as single-process training shuffles its data.
+SHUFFLE_BUFFER = 65536
 
 
 @dataclass
@@ -35,42 +45,109 @@ class Metrics:
         return self.correct / self.count if self.count else float("nan")
 
 
-def train_split(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, lr: float, batch_size: int, seed: int = 0
-) -> Metrics:
-    """Train ``model`` in place with SGD on one split; metrics of the last local epoch."""
-    if len(x) == 0:
-        raise UsageError("training split is empty: every input file must hold at least one valid record")
-    xt, yt = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        metrics = Metrics()
-        for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
-            opt.zero_grad()
-            out = model(xt[idx])
-            loss = loss_fn(out, yt[idx])
-            (loss / len(idx)).backward()
-            opt.step()
-            metrics = metrics.add(Metrics(loss.item(), int((out.argmax(1) == yt[idx]).sum()), len(idx)))
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: a container has one core, and the same number of threads on
+    every runner keeps the results bit for bit the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class StreamTrainer:
+    """SGD (momentum 0.9) on records as they come: each record enters a shuffle buffer of
+    ``buffer`` records; once it is full, a random one leaves for the current batch::
+
+        t = StreamTrainer(model, lr=0.1, batch_size=32, seed=0)
+        for x, y in records:
+            t.add(x, y)
+        metrics = t.finish()
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, batch_size: int, seed: int,
+                 buffer: int = SHUFFLE_BUFFER) -> None:
+        if batch_size < 1 or buffer < 1:
+            raise UsageError(f"batch size {batch_size}, shuffle buffer {buffer}: both must be at least 1")
+        self.model, self.batch_size, self.buffer = model, batch_size, buffer
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        self.rng = np.random.default_rng(seed)
+        self.held: list[tuple[np.ndarray, int]] = []
+        self.batch: list[tuple[np.ndarray, int]] = []
+        self.metrics = Metrics()
+        model.train()
+
+    def add(self, x: np.ndarray, y: int) -> None:
+        self.held.append((x, y))
+        if len(self.held) >= self.buffer:
+            self._take()
+
+    def finish(self) -> Metrics:
+        """Train on what is held; the metrics of this pass. UsageError if no record came."""
+        while self.held:
+            self._take()
+        if self.batch:
+            self._step()
+        if not self.metrics.count:
+            raise UsageError("training split is empty: every input file must hold at least one valid record")
+        return self.metrics
+
+    def _take(self) -> None:
+        i = int(self.rng.integers(len(self.held)))
+        self.held[i], self.held[-1] = self.held[-1], self.held[i]
+        self.batch.append(self.held.pop())
+        if len(self.batch) == self.batch_size:
+            self._step()
+
+    def _step(self) -> None:
+        xs = torch.from_numpy(np.stack([x for x, _ in self.batch]).astype(np.float32, copy=False))
+        ys = torch.tensor([y for _, y in self.batch], dtype=torch.int64)
+        self.batch = []
+        with one_thread():
+            self.opt.zero_grad()
+            out = self.model(xs)
+            loss = self.loss_fn(out, ys)
+            (loss / len(ys)).backward()
+            self.opt.step()
+        self.metrics = self.metrics.add(Metrics(loss.item(), int((out.argmax(1) == ys).sum()), len(ys)))
+
+
+def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str, n_features: int | None,
+               lr: float, batch_size: int, seed: int, epochs: int = 1, buffer: int = SHUFFLE_BUFFER
+               ) -> Generator[tuple[str, str], None, Metrics]:
+    """Train ``model`` in place on one split, read as a stream by ``lines()`` once per
+    local epoch; yields ``(reason, line)`` for each bad record (of the first pass) and
+    returns the metrics of the last pass::
+
+        metrics = yield from train_file(model, lambda: open("part-0.jsonl"), fmt="jsonl", ...)
+    """
+    metrics = Metrics()
+    for epoch in range(epochs):
+        trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed * 1009 + epoch, buffer=buffer)
+        for line in lines():
+            try:
+                _, x, y = parse_record(line, fmt, n_features=n_features)
+                if y is None:
+                    raise BadRecord("no label")
+            except BadRecord as e:
+                if epoch == 0:
+                    yield str(e), line
+                continue
+            trainer.add(x, y)
+        metrics = trainer.finish()
     return metrics
 
 
-def average(weighted: Iterable[tuple[int, np.ndarray]]) -> np.ndarray:
-    """The count-weighted mean of arrays of one shape, in float64, cast back to their dtype.
-
-    Summation order is fixed (by count, then bytes) so every task attempt gets identical bits.
-    """
-    items = sorted(weighted, key=lambda cw: (cw[0], cw[1].tobytes()))
-    if not items:
-        raise ValueError("nothing to average")
-    total = sum(c for c, _ in items)
-    acc = np.zeros(items[0][1].shape, dtype=np.float64)
-    for count, array in items:
-        acc += array.astype(np.float64) * (count / total)
-    return acc.astype(items[0][1].dtype)
+def train_split(model: nn.Module, x: np.ndarray, y: np.ndarray, *, lr: float, batch_size: int,
+                seed: int = 0) -> Metrics:
+    """Train ``model`` in place for one pass over arrays ``x``, ``y``, shuffled whole."""
+    trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed, buffer=max(1, len(x)))
+    for xi, yi in zip(np.asarray(x, dtype=np.float32), np.asarray(y), strict=True):
+        trainer.add(xi, int(yi))
+    return trainer.finish()
 
 
 @torch.no_grad()
@@ -86,4 +163,4 @@ def train_reference(
     model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int, seed: int = 0
 ) -> list[Metrics]:
     """Single-process training with the same epochs, for comparison with averaging."""
-    return [train_split(model, x, y, epochs=1, lr=lr, batch_size=batch_size, seed=seed + e) for e in range(epochs)]
+    return [train_split(model, x, y, lr=lr, batch_size=batch_size, seed=seed + e) for e in range(epochs)]

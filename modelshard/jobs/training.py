@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import posixpath
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from modelshard.catalog.catalog import Catalog
-from modelshard.catalog.commit import carry_assets, commit_version, staged_manifest
+from modelshard.catalog.commit import carry_assets, commit_version, shard_path, staged_manifest
 from modelshard.catalog.keys import LATEST, parse_key
 from modelshard.catalog.manifest import Manifest
-from modelshard.errors import NotFoundError, UsageError
+from modelshard.errors import FormatError, NotFoundError, UsageError
+from modelshard.jobs.averaging import PIECES_DIR, Outer, train_plans
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
-from modelshard.jobs.launch import input_files, run_job
+from modelshard.jobs.launch import data_files, run_job, task_inputs
 from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
-from modelshard.jobs.shardio import plans_from_reports
-from modelshard.jobs.train import Metrics, evaluate
-from modelshard.shards.planner import DEFAULT_SHARD_SIZE
+from modelshard.jobs.train import SHUFFLE_BUFFER, Metrics, evaluate
+from modelshard.shards.checksums import Checksums
+from modelshard.shards.format import Written
+from modelshard.shards.planner import ShardPlan
 from mr_tasks.mr_train import MRTrain
 
 EPOCH_ATTR = "train.epoch"
+DEFAULT_OUTER = Outer()
 
 
 @dataclass
@@ -43,6 +47,9 @@ class EpochResult:
     bad_records: int
     application_id: str | None = None
     test_accuracy: float | None = None
+    shuffle_bytes: int | None = None  # Hadoop's "Reduce shuffle bytes" (YARN only)
+    peak_rss_map_mib: int | None = None  # the largest of the tasks'
+    peak_rss_reduce_mib: int | None = None
 
 
 @dataclass
@@ -70,10 +77,12 @@ def train(
     epochs: int,
     lr: float = 0.05,
     batch_size: int = 32,
+    outer: Outer = DEFAULT_OUTER,
+    seed: int = 0,
+    shuffle_buffer: int = SHUFFLE_BUFFER,
     runner: str = "inline",
     catalog: str | None = None,
     init: ModelSpec | None = None,
-    num_reduces: int = 2,
     fmt: str = "jsonl",
     test_data: tuple[np.ndarray, np.ndarray] | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -84,23 +93,25 @@ def train(
     echo: Callable[[str], object] | None = None,
     trust_code: bool = False,
 ) -> TrainResult:
-    """Train ``key`` on the records under ``data`` up to ``epochs`` epochs::
+    """Train ``key`` on the records under ``data`` (each file one split) up to ``epochs``
+    epochs::
 
         train("digits", "hdfs:///data/digits/train", epochs=10, runner="hadoop",
               init=ModelSpec("mlp", {"sizes": [64, 64, 10]}))
 
-    Starts after the newest version's epoch (so a rerun resumes); ``init`` creates the model
-    if it does not exist. Each epoch's version gets ``latest``. ``trust_code``: allow a model
-    factory that is not registered (driver and tasks import whatever the spec names).
+    Starts after the newest version's epoch (so a rerun resumes, the outer optimizer's
+    state included); ``init`` creates the model if it does not exist. Each epoch's version
+    gets ``latest``; it has the shards planned at the model's shard size, one reducer each.
+    ``seed``: the same seed gives the same weights on every runner. ``trust_code``: allow a
+    model factory that is not registered (driver and tasks import whatever the spec names).
     """
     if epochs < 1:
         raise UsageError(f"epochs={epochs}: train for at least one epoch")
-    if num_reduces < 1:
-        raise UsageError(f"num_reduces={num_reduces}: training needs at least one reducer")
     cat = Catalog(catalog)
     check_catalog(runner, cat.uri)
     name = parse_key(key).name
-    files = input_files(data)
+    data_fs, files = data_files(data)
+    splits = [{"split": i, "file": data_fs.uri(f.path)} for i, f in enumerate(sorted(files, key=lambda f: f.path))]
     try:
         version = cat.resolve(key)[1]
     except NotFoundError:
@@ -119,31 +130,50 @@ def train(
 
         def stage(new_version: str, staging: str, epoch: int = epoch, parent: str = version,
                   run: dict = run) -> Manifest:
+            parent_manifest = cat.manifest(name, parent)
+            plans = train_plans(parent_manifest, outer=outer)
             xml = render_job_xml("train", **{
-                "job_name": f"modelshard-train {name} epoch {epoch}", "num_maps": len(files),
-                "num_reduces": num_reduces, "catalog": cat.uri, "model": f"{name}@{parent}",
+                "job_name": f"modelshard-train {name} epoch {epoch}", "num_maps": len(splits),
+                "num_reduces": len(plans), "catalog": cat.uri, "model": f"{name}@{parent}",
                 "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
-                "batch_size": batch_size, "seed": epoch * 1000, "staging": cat.fs.uri(staging),
-                "trust_code": trust_code, **(job_options or {})})
-            job = run_job(MRTrain, runner=runner, inputs=files, output_dir=None, jobconf=parse_job_xml(xml),
-                          catalog=cat.uri, python_archive=python_archive, mrjob_conf=mrjob_conf,
-                          overrides=overrides, echo=echo)
-            reports = [v for k, v in job.output if k == ["shard"]]
+                "batch_size": batch_size, "seed": seed * 1_000_003 + epoch * 1000, "staging": cat.fs.uri(staging),
+                "splits": len(splits), "outer_lr": outer.lr, "outer_momentum": outer.momentum,
+                "shuffle_buffer": shuffle_buffer, "trust_code": trust_code, **(job_options or {})})
+            try:
+                with task_inputs(runner, cat.fs, [[s] for s in splits]) as inputs:
+                    job = run_job(MRTrain, runner=runner, inputs=inputs, output_dir=None,
+                                  jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
+                                  mrjob_conf=mrjob_conf, overrides=overrides, echo=echo)
+                shards, written = committed_shards(plans, [v for k, v in job.output if k == ["shard"]],
+                                                   where=f"epoch {epoch} of {name}")
+            finally:
+                # The splits' pieces and the shards of failed attempts are not part of the version.
+                cat.fs.delete(posixpath.join(staging, PIECES_DIR), recursive=True)
+            # Only the reported shards stay, under their planned names (one rename each).
+            kept = {p.filename: plan.filename for p, plan in zip(shards, plans, strict=True)}
+            for f in cat.fs.ls(shard_path(staging, "")):
+                if posixpath.basename(f.path) not in kept:
+                    cat.fs.delete(f.path)
+            for file, planned in kept.items():
+                if file != planned:
+                    cat.fs.rename(shard_path(staging, file), shard_path(staging, planned))
             sums = next((v for k, v in job.output if k == ["metrics"]), None)
-            if sums is None or not reports:
-                raise UsageError(f"epoch {epoch} of {name}: the job produced no weights; is the input empty?")
-            run.update(job=job, metrics=Metrics(*sums), bad=[v for k, v in job.output if k is None])
+            rss = {kind: mib for k, (kind, mib) in ((k, v) for k, v in job.output if k == ["peak RSS MiB"])}
+            run.update(job=job, metrics=Metrics(*sums), bad=[v for k, v in job.output if k is None], rss=rss)
             m = run["metrics"]
             attrs = {SPEC_ATTR: spec.dumps(), EPOCH_ATTR: str(epoch), "train.parent": parent,
-                     "train.loss": f"{m.loss:.6g}", "train.accuracy": f"{m.accuracy:.6g}"}
+                     "train.loss": f"{m.loss:.6g}", "train.accuracy": f"{m.accuracy:.6g}",
+                     "train.outer_lr": str(outer.lr), "train.outer_momentum": str(outer.momentum)}
             # Each epoch keeps the model's config and tokenizer files.
-            assets = carry_assets(cat, cat.manifest(name, parent), cat.fs, staging, workers=4)
-            return staged_manifest(cat, name, new_version, staging, *plans_from_reports(reports),
-                                   shard_size=DEFAULT_SHARD_SIZE, workers=4, attrs=attrs, assets=assets)
+            assets = carry_assets(cat, parent_manifest, cat.fs, staging, workers=4)
+            return staged_manifest(cat, name, new_version, staging, plans, written,
+                                   shard_size=parent_manifest.shard_size, workers=4, attrs=attrs, assets=assets)
 
         version = commit_version(cat, name, None, stage, aliases=[LATEST]).version
-        job, metrics, bad = run["job"], run["metrics"], run["bad"]
-        er = EpochResult(epoch, version, metrics.loss, metrics.accuracy, metrics.count, len(bad), job.application_id)
+        job, metrics, bad, rss = run["job"], run["metrics"], run["bad"], run["rss"]
+        er = EpochResult(epoch, version, metrics.loss, metrics.accuracy, metrics.count, len(bad), job.application_id,
+                         shuffle_bytes=job.counters.get("Map-Reduce Framework", {}).get("Reduce shuffle bytes"),
+                         peak_rss_map_mib=rss.get("map"), peak_rss_reduce_mib=rss.get("reduce"))
         if test_data is not None:
             er.test_accuracy = evaluate(load_model(cat.uri, f"{name}@{version}", trust_code=trust_code),
                                        *test_data).accuracy
@@ -158,6 +188,37 @@ def train(
     if out and result.epochs:
         plot_metrics(result.metrics_path, result.plot_path)
     return result
+
+
+def committed_shards(plans: Sequence[ShardPlan], reports: Sequence[dict], *, where: str
+                     ) -> tuple[list[ShardPlan], list[Written]]:
+    """The shards the reducers reported, one per plan, as the plans (under the written file
+    names) and write results that :func:`staged_manifest` checks in storage."""
+    by_plan: dict[str, dict] = {}
+    for r in reports:
+        if not isinstance(r, dict) or r.get("plan") in by_plan:
+            raise FormatError(f"{where}: a reducer's shard report is malformed or repeated: {str(r)[:200]!r}")
+        by_plan[r["plan"]] = r
+    missing = [p.filename for p in plans if p.filename not in by_plan]
+    if missing or len(by_plan) != len(plans):
+        raise FormatError(f"{where}: the job wrote {len(by_plan)} shards of the {len(plans)} planned "
+                          f"(missing {missing[:3]}); nothing was committed")
+    shards, written = [], []
+    for plan in plans:
+        r = by_plan[plan.filename]
+        try:
+            w = Written(r["size"], r["sha256"], {k: tuple(v) for k, v in r["offsets"].items()},
+                        Checksums.from_json(r["checksums"], size=r["size"]))
+            file = str(r["file"])
+            if not file.endswith(".safetensors") or "/" in file or file.startswith("."):
+                raise ValueError(f"file name {file!r}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{where}: the report of shard {plan.filename} is malformed ({e})") from e
+        if set(w.offsets) != {p.key for p in plan.pieces}:
+            raise FormatError(f"{where}: shard {file} does not hold the tensors planned for {plan.filename}")
+        shards.append(ShardPlan(file, plan.pieces))
+        written.append(w)
+    return shards, written
 
 
 def plot_metrics(metrics_path: str, plot_path: str) -> None:

@@ -186,6 +186,6 @@ def test_training_epochs_keep_the_model_files(tmp_path):
     api.push(folder, "mlp", catalog=cat, attrs={SPEC_ATTR: spec.dumps()})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"id": i, "x": [i, 1, 0, 1], "y": i % 3}) + "\n"
                                                   for i in range(12)))
-    r = train("mlp", str(tmp_path / "train.jsonl"), epochs=1, catalog=cat, num_reduces=1)
+    r = train("mlp", str(tmp_path / "train.jsonl"), epochs=1, catalog=cat, )
     with modelshard.open(f"mlp@{r.epochs[0].version}", catalog=cat) as h:
         assert h.asset("labels.json") == b'["a", "b", "c"]'

@@ -1,19 +1,34 @@
-import copy
-
 import numpy as np
 import pytest
 import torch
 
 from modelshard.errors import UsageError
 from modelshard.jobs.models import ModelSpec, build, mlp
-from modelshard.jobs.train import average, evaluate, train_split
-from modelshard.jobs.wire import decode, encode
+from modelshard.jobs.train import StreamTrainer, evaluate, train_file, train_split
 
 
-def test_average_is_count_weighted_and_order_independent():
-    a, b = np.full(3, 1.0, np.float32), np.full(3, 4.0, np.float32)
-    assert np.allclose(average([(1, a), (2, b)]), 3.0)
-    assert average([(2, b), (1, a)]).tobytes() == average([(1, a), (2, b)]).tobytes()
+def test_a_stream_is_trained_in_batches_holding_at_most_the_shuffle_buffer():
+    model = mlp(sizes=[2, 2])
+    t = StreamTrainer(model, lr=0.1, batch_size=4, seed=0, buffer=8)
+    steps = []
+    t._step = lambda step=t._step: (steps.append(len(t.batch)), step())
+    for i in range(30):
+        t.add(np.array([i, 1.0], np.float32), i % 2)
+        assert len(t.held) < 8 and len(t.batch) < 4
+    assert t.finish().count == 30 and steps == [4] * 7 + [2]
+
+
+def test_a_split_read_as_a_stream_sets_bad_records_aside_once():
+    lines = ['{"id": 1, "x": [0.5, 1], "y": 1}\n', "oops\n", '{"id": 2, "x": [1, 0], "y": 0}\n']
+    run = train_file(mlp(sizes=[2, 2]), lambda: iter(lines), fmt="jsonl", n_features=2, lr=0.1,
+                     batch_size=1, seed=0, epochs=3)
+    bad = []
+    try:
+        while True:
+            bad.append(next(run))
+    except StopIteration as done:
+        metrics = done.value
+    assert [line for _, line in bad] == ["oops\n"] and metrics.count == 2
 
 
 def test_training_learns_a_separable_problem():
@@ -37,10 +52,3 @@ def test_spec_round_trip():
     assert isinstance(build(spec), torch.nn.Module)
     with pytest.raises(UsageError, match="not JSON"):
         ModelSpec.parse("mlp")
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8, np.bool_])
-def test_wire_round_trip(dtype):
-    a = (np.arange(12) % 3).astype(dtype).reshape(3, 4)
-    out = decode(copy.deepcopy(encode(a)))
-    assert out.dtype == a.dtype and out.tobytes() == a.tobytes()

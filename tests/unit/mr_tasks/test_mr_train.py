@@ -1,16 +1,28 @@
 """mr_train through its driver on the inline runner (and the local runner once): each
-epoch commits a version, reruns resume, bad records are set aside, bad input is refused
-before any job runs."""
+epoch commits a version with the outer optimizer's state, reruns resume exactly (after a
+failed epoch too), bad records are set aside, bad input is refused before any job runs."""
 
 import json
+import os
 
 import pytest
 
 from modelshard import api
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import JobError, NotFoundError, UsageError
+from modelshard.jobs import averaging
+from modelshard.jobs.averaging import MOMENTUM
 from modelshard.jobs.training import EPOCH_ATTR, train
 from tests.unit.mr_tasks.conftest import SPEC
+
+SPEC_NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def leftovers(cat: str) -> list[str]:
+    """Files under the model's staging and claims: a finished or failed epoch leaves none."""
+    model = os.path.join(cat, "models", "digits")
+    return [os.path.join(d, f) for sub in (".staging", ".claims")
+            for d, _, files in os.walk(os.path.join(model, sub)) for f in files]
 
 
 def test_each_epoch_commits_a_version_and_a_rerun_resumes(tmp_path, train_dir, test_rows):
@@ -22,7 +34,11 @@ def test_each_epoch_commits_a_version_and_a_rerun_resumes(tmp_path, train_dir, t
     assert r.epochs[1].loss < r.epochs[0].loss
     manifest = Catalog(cat).manifest("digits", "3")
     assert manifest.attrs[EPOCH_ATTR] == "2" and manifest.attrs["train.parent"] == "2"
-    assert len(manifest.shards) == 2  # one shard per reducer
+    # The planned shards under their planned names, each parameter's momentum beside it.
+    assert [r.path for r in manifest.shards] == ["shards/model-00001-of-00001.safetensors"]
+    assert {n for n in manifest.tensors if n.startswith(MOMENTUM)} == {MOMENTUM + n for n in SPEC_NAMES}
+    assert sorted(os.listdir(Catalog(cat).version_dir("digits", "3"))) == ["manifest.json", "shards"]
+    assert leftovers(cat) == []
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -35,9 +51,40 @@ def test_local_runner_gives_the_same_weights_as_inline(tmp_path, train_dir):
     weights = []
     for runner in ("inline", "local"):
         cat = str(tmp_path / runner)
-        train("digits", str(train_dir), epochs=1, catalog=cat, init=SPEC, runner=runner)
+        train("digits", str(train_dir), epochs=2, catalog=cat, init=SPEC, runner=runner, seed=3)
         weights.append(api.pull("digits", catalog=cat))
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) == 2 * len(SPEC_NAMES)
     assert all(weights[0][k].tobytes() == weights[1][k].tobytes() for k in weights[0])
+
+
+def test_a_failed_epoch_leaves_nothing_and_the_rerun_continues_exactly(tmp_path, train_dir, monkeypatch):
+    straight = str(tmp_path / "straight")
+    train("digits", str(train_dir), epochs=3, catalog=straight, init=SPEC, seed=5)
+
+    cat = str(tmp_path / "cat")
+    train("digits", str(train_dir), epochs=1, catalog=cat, init=SPEC, seed=5)
+    reduce_shard = averaging.reduce_shard
+
+    def fail_after_writing(*args, **kwargs):
+        reduce_shard(*args, **kwargs)  # the shard is written, then the reducer dies
+        raise RuntimeError("reducer killed")
+
+    monkeypatch.setattr("mr_tasks.mr_train.reduce_shard", fail_after_writing)
+    with pytest.raises(JobError, match="reducer killed"):
+        train("digits", str(train_dir), epochs=3, catalog=cat, seed=5)
+    assert [v.version for v in api.ls("digits", catalog=cat)] == ["1", "2"] and leftovers(cat) == []
+
+    monkeypatch.undo()
+    r = train("digits", str(train_dir), epochs=3, catalog=cat, seed=5)
+    assert [e.epoch for e in r.epochs] == [2, 3]
+    a, b = api.pull("digits", catalog=straight), api.pull("digits", catalog=cat)
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)  # momentum included
+
+
+def test_without_outer_momentum_no_optimizer_state_is_kept(tmp_path, train_dir):
+    plain = str(tmp_path / "plain")
+    train("digits", str(train_dir), epochs=1, catalog=plain, init=SPEC, outer=averaging.Outer(lr=1, momentum=0))
+    assert not any(n.startswith(MOMENTUM) for n in api.pull("digits", catalog=plain))
 
 
 def test_bad_records_are_set_aside_not_dropped(tmp_path, train_dir):
