@@ -68,7 +68,7 @@ class MRTrain(MRJob):
         run = train_file(self.model, lines, fmt=conf("format", "jsonl"), n_features=declared_width(self.model),
                          lr=float(conf("train.lr")), batch_size=int(conf("train.batch_size")),
                          seed=int(conf("train.seed", "0")) + split, epochs=int(conf("train.local_epochs", "1")),
-                         buffer=int(conf("train.shuffle_buffer")))
+                         buffer_bytes=int(conf("train.shuffle_buffer_bytes")))
         try:
             while True:
                 reason, line = next(run)

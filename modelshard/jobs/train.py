@@ -4,8 +4,8 @@ weights are averaged, weighted by the number of examples each split saw, and an 
 optimizer steps on the averaged update (:mod:`modelshard.jobs.averaging`).
 
 The mappers of ``mr_tasks/mr_train.py`` run :func:`train_file`: records are trained on in
-batches as they are read, through a bounded shuffle buffer (memory: the buffer, not the
-split). :func:`train_reference` is the single-process run it is compared with; both go
+batches as they are read, through a shuffle buffer of a bounded size (memory: the buffer,
+not the split). :func:`train_reference` is the single-process run it is compared with; both go
 through the same :class:`StreamTrainer`.
 """
 
@@ -22,9 +22,9 @@ from torch import nn
 from modelshard.errors import UsageError
 from modelshard.jobs.records import BadRecord, parse_record
 
-# Records held to shuffle a split that is read as a stream; a split of at most this many
-# records is shuffled as a whole, as single-process training shuffles its data.
-SHUFFLE_BUFFER = 65536
+# Bytes of records held to shuffle a split that is read as a stream; a split that fits is
+# shuffled as a whole, as single-process training shuffles its data.
+SHUFFLE_BUFFER_BYTES = 64 << 20
 
 
 @dataclass
@@ -59,7 +59,7 @@ def one_thread() -> Iterator[None]:
 
 class StreamTrainer:
     """SGD (momentum 0.9) on records as they come: each record enters a shuffle buffer of
-    ``buffer`` records; once it is full, a random one leaves for the current batch::
+    ``buffer_bytes`` (of features); once it is full, a random one leaves for the current batch::
 
         t = StreamTrainer(model, lr=0.1, batch_size=32, seed=0)
         for x, y in records:
@@ -68,10 +68,11 @@ class StreamTrainer:
     """
 
     def __init__(self, model: nn.Module, *, lr: float, batch_size: int, seed: int,
-                 buffer: int = SHUFFLE_BUFFER) -> None:
-        if batch_size < 1 or buffer < 1:
-            raise UsageError(f"batch size {batch_size}, shuffle buffer {buffer}: both must be at least 1")
-        self.model, self.batch_size, self.buffer = model, batch_size, buffer
+                 buffer_bytes: int = SHUFFLE_BUFFER_BYTES) -> None:
+        if batch_size < 1 or buffer_bytes < 1:
+            raise UsageError(f"batch size {batch_size}, shuffle buffer {buffer_bytes} bytes: both must be at least 1")
+        self.model, self.batch_size, self.buffer_bytes = model, batch_size, buffer_bytes
+        self.buffer: int | None = None  # records, once the first one says how big they are
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.rng = np.random.default_rng(seed)
@@ -81,6 +82,8 @@ class StreamTrainer:
         model.train()
 
     def add(self, x: np.ndarray, y: int) -> None:
+        if self.buffer is None:
+            self.buffer = max(1, self.buffer_bytes // max(1, x.nbytes))
         self.held.append((x, y))
         if len(self.held) >= self.buffer:
             self._take()
@@ -116,8 +119,8 @@ class StreamTrainer:
 
 
 def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str, n_features: int | None,
-               lr: float, batch_size: int, seed: int, epochs: int = 1, buffer: int = SHUFFLE_BUFFER
-               ) -> Generator[tuple[str, str], None, Metrics]:
+               lr: float, batch_size: int, seed: int, epochs: int = 1,
+               buffer_bytes: int = SHUFFLE_BUFFER_BYTES) -> Generator[tuple[str, str], None, Metrics]:
     """Train ``model`` in place on one split, read as a stream by ``lines()`` once per
     local epoch; yields ``(reason, line)`` for each bad record (of the first pass) and
     returns the metrics of the last pass::
@@ -126,7 +129,8 @@ def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str
     """
     metrics = Metrics()
     for epoch in range(epochs):
-        trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed * 1009 + epoch, buffer=buffer)
+        trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed * 1009 + epoch,
+                                buffer_bytes=buffer_bytes)
         for line in lines():
             try:
                 _, x, y = parse_record(line, fmt, n_features=n_features)
@@ -144,8 +148,9 @@ def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str
 def train_split(model: nn.Module, x: np.ndarray, y: np.ndarray, *, lr: float, batch_size: int,
                 seed: int = 0) -> Metrics:
     """Train ``model`` in place for one pass over arrays ``x``, ``y``, shuffled whole."""
-    trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed, buffer=max(1, len(x)))
-    for xi, yi in zip(np.asarray(x, dtype=np.float32), np.asarray(y), strict=True):
+    x = np.asarray(x, dtype=np.float32)
+    trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed, buffer_bytes=max(1, x.nbytes))
+    for xi, yi in zip(x, np.asarray(y), strict=True):
         trainer.add(xi, int(yi))
     return trainer.finish()
 

@@ -27,7 +27,7 @@ from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import data_files, run_job, task_inputs
 from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
-from modelshard.jobs.train import SHUFFLE_BUFFER, Metrics, evaluate
+from modelshard.jobs.train import SHUFFLE_BUFFER_BYTES, Metrics, evaluate
 from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import Written
 from modelshard.shards.planner import ShardPlan
@@ -79,7 +79,7 @@ def train(
     batch_size: int = 32,
     outer: Outer = DEFAULT_OUTER,
     seed: int = 0,
-    shuffle_buffer: int = SHUFFLE_BUFFER,
+    shuffle_buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     runner: str = "inline",
     catalog: str | None = None,
     init: ModelSpec | None = None,
@@ -138,7 +138,7 @@ def train(
                 "input": data, "output": "", "format": fmt, "epoch": epoch, "lr": lr,
                 "batch_size": batch_size, "seed": seed * 1_000_003 + epoch * 1000, "staging": cat.fs.uri(staging),
                 "splits": len(splits), "outer_lr": outer.lr, "outer_momentum": outer.momentum,
-                "shuffle_buffer": shuffle_buffer, "trust_code": trust_code, **(job_options or {})})
+                "shuffle_buffer_bytes": shuffle_buffer_bytes, "trust_code": trust_code, **(job_options or {})})
             try:
                 with task_inputs(runner, cat.fs, [[s] for s in splits]) as inputs:
                     job = run_job(MRTrain, runner=runner, inputs=inputs, output_dir=None,

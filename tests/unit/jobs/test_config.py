@@ -10,7 +10,7 @@ BASE = dict(job_name="j", num_maps=4, num_reduces=2, catalog="/c", model="m@1", 
 
 def test_train_config_has_the_seed_settings():
     props = parse_job_xml(render_job_xml("train", **BASE, epoch=3, lr=0.1, batch_size=32, staging="/s",
-                                         splits=4, outer_lr=0.7, outer_momentum=0.9, shuffle_buffer=100,
+                                         splits=4, outer_lr=0.7, outer_momentum=0.9, shuffle_buffer_bytes=100,
                                          map_memory_mb=1024, io_sort_mb=32))
     assert props["mapreduce.job.name"] == "j"
     assert props["mapreduce.map.memory.mb"] == "1024"

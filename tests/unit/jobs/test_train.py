@@ -9,7 +9,7 @@ from modelshard.jobs.train import StreamTrainer, evaluate, train_file, train_spl
 
 def test_a_stream_is_trained_in_batches_holding_at_most_the_shuffle_buffer():
     model = mlp(sizes=[2, 2])
-    t = StreamTrainer(model, lr=0.1, batch_size=4, seed=0, buffer=8)
+    t = StreamTrainer(model, lr=0.1, batch_size=4, seed=0, buffer_bytes=64)  # 8 records of 8 bytes
     steps = []
     t._step = lambda step=t._step: (steps.append(len(t.batch)), step())
     for i in range(30):
