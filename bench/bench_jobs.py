@@ -68,7 +68,8 @@ def bench_train(tmp: Path, runs: int, epochs: int, lr: float, runner: str) -> No
                 write_records(fs, f"{data}/part-{i}.jsonl", x[part], y[part], range(part[0], part[-1] + 1))
             spec = ModelSpec(SPEC.factory, {**SPEC.kwargs, "seed": seed})
             r = train("digits", fs.uri(data), epochs=epochs, lr=lr, catalog=f"{hdfs}/cat-{seed}" if hdfs
-                      else str(tmp / f"cat-{seed}"), init=spec, seed=seed, test_data=(x[n:], y[n:]), runner=runner)
+                      else str(tmp / f"cat-{runner}-{seed}"), init=spec, seed=seed, test_data=(x[n:], y[n:]),
+                      runner=runner)
             reference = build(spec)
             train_reference(reference, x[:n], y[:n], epochs=epochs, lr=lr, batch_size=32, seed=seed)
             avg_acc.append(r.epochs[-1].test_accuracy)
