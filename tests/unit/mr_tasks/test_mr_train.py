@@ -113,3 +113,18 @@ def test_a_split_without_valid_records_fails_the_job_with_the_tasks_error(tmp_pa
     with pytest.raises((UsageError, JobError), match="training split is empty"):
         train("digits", str(train_dir), epochs=1, catalog=str(tmp_path / "cat"), init=SPEC)
     assert api.ls("digits", catalog=str(tmp_path / "cat"))[-1].version == "1"  # nothing half-committed
+
+
+def test_the_command_takes_the_outer_optimizer_and_the_seed(tmp_path, train_dir, capsys):
+    from modelshard.cli import main
+
+    cat = str(tmp_path / "cat")
+    args = ["train", "digits", str(train_dir), "--epochs", "1", "--init", "mlp:64,16,10", "--catalog", cat,
+            "--runner", "inline", "--seed", "4", "--json"]
+    assert main([*args, "--outer-lr", "1", "--outer-momentum", "0"]) == 0
+    manifest = Catalog(cat).manifest("digits", "2")
+    assert (manifest.attrs["train.outer_lr"], manifest.attrs["train.outer_momentum"]) == ("1.0", "0.0")
+    assert not any(n.startswith(MOMENTUM) for n in manifest.tensors)
+    capsys.readouterr()
+    assert main([*args[:4], "2", *args[5:], "--outer-momentum", "1.5"]) != 0
+    assert "outer momentum" in capsys.readouterr().err
