@@ -15,7 +15,8 @@ from modelshard.catalog.keys import LATEST
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import AlreadyExistsError, IntegrityError, UsageError
 from modelshard.fs import LocalFileSystem
-from modelshard.jobs.shardio import plans_from_reports, write_shard_file
+from modelshard.jobs.shardio import array_items, write_items
+from modelshard.shards.planner import Piece, ShardPlan
 from tests.store_data import assert_same, sample_state
 
 STATE = sample_state()
@@ -56,13 +57,14 @@ def test_pulled_tensors_share_no_bytes(catalog, pushed):
 
 
 def test_a_tensor_misaligned_in_its_shard_comes_back_aligned(catalog):
-    # A training reducer writes tensors in name order: float32 at an odd offset after uint8.
+    # A shard written in name order by another tool: float32 at an odd offset after uint8.
     state = {"a": np.arange(3, dtype=np.uint8), "b": np.arange(5, dtype=np.float32)}
 
     def stage(version: str, staging: str) -> Manifest:
-        report = write_shard_file(catalog.fs.uri(staging), "part", state)
-        plans, written = plans_from_reports([report])
-        return staged_manifest(catalog, "m", version, staging, plans, written,
+        items = array_items(sorted(state.items()))  # "b" after 3 bytes of "a": not aligned
+        written = write_items(catalog.fs.uri(staging), "part.safetensors", items)
+        plan = ShardPlan("part.safetensors", tuple(Piece(i.key, i.key, i.dtype, i.shape, None, 0) for i in items))
+        return staged_manifest(catalog, "m", version, staging, [plan], [written],
                                shard_size=1 << 20, workers=1)
 
     m = commit_version(catalog, "m", None, stage, aliases=[LATEST])
