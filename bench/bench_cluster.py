@@ -43,9 +43,9 @@ from modelshard.fs import get_fs
 from modelshard.jobs.environment import collect_code, collect_environment, ship
 from modelshard.jobs.hadoop import SHARED_PYTHON_VAR
 from modelshard.jobs.models import ModelSpec
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.resharding import reshard
-from modelshard.jobs.training import init_model
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.reshard.driver import reshard
+from modelshard.jobs.train.driver import init_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = str(ROOT / "bin" / "modelshard-cluster")
@@ -171,7 +171,7 @@ class PeakMemory:
 
 
 def bench_memory(catalog: str, key: str, rows_uri: str) -> None:
-    from modelshard.jobs.training import train
+    from modelshard.jobs.train.driver import train
 
     def job_peaks(fn) -> tuple[int, int]:
         probe = PeakMemory()

@@ -35,12 +35,12 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.fs import get_fs
 from modelshard.jobs.modelio import load_model
 from modelshard.jobs.models import ModelSpec, build
-from modelshard.jobs.prediction import predict
+from modelshard.jobs.predict.driver import predict
 from modelshard.jobs.records import parse_record
-from modelshard.jobs.reshard import DEFAULT_TASKS
-from modelshard.jobs.resharding import reshard
-from modelshard.jobs.train import evaluate, train_reference
-from modelshard.jobs.training import init_model, train
+from modelshard.jobs.reshard.driver import reshard
+from modelshard.jobs.reshard.task import DEFAULT_TASKS
+from modelshard.jobs.train.driver import init_model, train
+from modelshard.jobs.train.task import evaluate, train_reference
 from modelshard.quickstart import SPEC, SPLITS, TEST_ROWS, digits, write_records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import statistics
 import numpy as np
 import torch
 
-from modelshard.jobs.averaging import Outer
 from modelshard.jobs.models import mlp
-from modelshard.jobs.train import evaluate, train_reference, train_split
+from modelshard.jobs.train.reduce_task import Outer
+from modelshard.jobs.train.task import evaluate, train_reference, train_split
 from modelshard.quickstart import SPLITS, TEST_ROWS, digits
 
 SIZES = [64, 64, 10]

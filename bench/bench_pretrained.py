@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modelshard import api  # noqa: E402
 from modelshard.fs import get_fs  # noqa: E402
-from modelshard.jobs.prediction import predict  # noqa: E402
+from modelshard.jobs.predict.driver import predict  # noqa: E402
 from tests import pretrained as pt  # noqa: E402
 
 BATCH = 64
@@ -70,7 +70,7 @@ def in_process(folder: Path, src: Path, dst: Path) -> int:
 def task_logic(cat: str, key: str, src: Path) -> int:
     """What a task does per record, in this process on one thread: parse, tokenize with the
     version's tokenizer, predict, encode the output lines (no runner, no start-up)."""
-    from modelshard.jobs.predict import InputSpec, OutputSpec, open_predictor
+    from modelshard.jobs.predict.task import InputSpec, OutputSpec, open_predictor
     from modelshard.jobs.wire import OrjsonProtocol
 
     p = open_predictor(cat, key, fmt="jsonl", batch_size=BATCH, inputs=InputSpec("text", "text"),

@@ -26,11 +26,11 @@ import numpy as np
 
 from modelshard import api
 from modelshard.fs import get_fs
-from modelshard.jobs.averaging import is_state
 from modelshard.jobs.modelio import SPEC_ATTR, load_model
 from modelshard.jobs.models import ModelSpec
-from modelshard.jobs.train import StreamTrainer
-from modelshard.jobs.training import train
+from modelshard.jobs.train.driver import train
+from modelshard.jobs.train.reduce_task import is_state
+from modelshard.jobs.train.task import StreamTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

@@ -23,10 +23,10 @@ from modelshard import api
 from modelshard.errors import ModelShardError
 from modelshard.fs import get_fs
 from modelshard.jobs.models import ModelSpec, build
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.resharding import reshard
-from modelshard.jobs.train import evaluate, train_reference
-from modelshard.jobs.training import train
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.reshard.driver import reshard
+from modelshard.jobs.train.driver import train
+from modelshard.jobs.train.task import evaluate, train_reference
 
 SPEC = ModelSpec("mlp", {"sizes": [64, 64, 10]})
 SPLITS = 4

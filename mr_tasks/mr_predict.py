@@ -14,7 +14,7 @@ from mrjob.protocol import RawValueProtocol
 
 from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, trusts_code
 from modelshard.jobs.parquet import ParquetSink
-from modelshard.jobs.predict import InputSpec, OutputSpec, open_predictor
+from modelshard.jobs.predict.task import InputSpec, OutputSpec, open_predictor
 from modelshard.jobs.wire import OrjsonProtocol
 
 COUNTERS = "modelshard"

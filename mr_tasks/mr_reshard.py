@@ -1,14 +1,14 @@
 """Resharding: each input line is the plan of one new shard; the mapper reads exactly the
 rows that shard needs from the source version (each chunk checked in the bytes served),
 casts them if asked, writes the shard into the staged version and reports it. The driver
-(:mod:`modelshard.jobs.resharding`) commits the new version. Map-only.
+(:mod:`modelshard.jobs.reshard.driver`) commits the new version. Map-only.
 """
 
 from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, JSONValueProtocol
 
-from modelshard.jobs.reshard import write_planned_shard
+from modelshard.jobs.reshard.task import write_planned_shard
 from modelshard.loading import open as open_model
 
 

@@ -5,7 +5,7 @@ weights, trains on the split's records in batches as it reads them, writes its p
 as one piece per planned shard into the epoch's staging folder and emits only a small
 report per piece. The reducer of each planned shard averages the pieces by streaming,
 applies the outer optimizer and writes the shard of the next version; the driver
-(``modelshard.jobs.training``) commits it. See :mod:`modelshard.jobs.averaging`. Settings
+(``modelshard.jobs.train.driver``) commits it. See :mod:`modelshard.jobs.train.reduce_task`. Settings
 come from the job XML (``templates/train_config.xml.j2``). Reducers never import torch.
 """
 
@@ -17,8 +17,8 @@ from mrjob.protocol import JSONProtocol, JSONValueProtocol
 
 from modelshard.catalog.catalog import Catalog
 from modelshard.fs import get_fs
-from modelshard.jobs.averaging import Outer, reduce_shard, shard_index, shard_key, train_plans, write_pieces
 from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, trusts_code
+from modelshard.jobs.train.reduce_task import Outer, reduce_shard, shard_index, shard_key, train_plans, write_pieces
 from modelshard.loading import open as open_model
 
 COUNTERS = "modelshard"
@@ -53,8 +53,8 @@ class MRTrain(MRJob):
         self.plans = train_plans(cat.manifest(*cat.resolve(conf("model"))), outer=outer())
 
     def mapper(self, _, task):
-        from modelshard.jobs.predict import MAX_BAD_RECORD_CHARS, declared_width
-        from modelshard.jobs.train import train_file
+        from modelshard.jobs.predict.task import MAX_BAD_RECORD_CHARS, declared_width
+        from modelshard.jobs.train.task import train_file
 
         split = int(task["split"])
         fs, path = get_fs(task["file"])

@@ -113,9 +113,9 @@ def _job_args(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> Output:
-    from modelshard.jobs.averaging import Outer
     from modelshard.jobs.records import read_labeled
-    from modelshard.jobs.training import train
+    from modelshard.jobs.train.driver import train
+    from modelshard.jobs.train.reduce_task import Outer
 
     test = read_labeled(args.eval, args.format) if args.eval else None
     r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> Output:
 
 
 def _predict(args: argparse.Namespace) -> Output:
-    from modelshard.jobs.prediction import predict
+    from modelshard.jobs.predict.driver import predict
 
     r = predict(args.key, args.data, args.output, fmt=args.format, batch_size=args.batch_size,
                 cache_dir=args.cache_dir, budget_bytes=args.budget, trust_code=args.trust_code,
@@ -146,7 +146,7 @@ def _predict(args: argparse.Namespace) -> Output:
 
 
 def _reshard(args: argparse.Namespace) -> Output:
-    from modelshard.jobs.resharding import reshard
+    from modelshard.jobs.reshard.driver import reshard
 
     m = reshard(args.key, shard_size=args.shard_size, shard_count=args.shards, dtype=args.dtype,
                 tasks=args.tasks, aliases=args.aliases, **_job_args(args))

@@ -18,9 +18,9 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.fetch import read_asset
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import UsageError
-from modelshard.jobs.averaging import is_state
 from modelshard.jobs.hf import CONFIG
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec, build, factory, load_weights
+from modelshard.jobs.train.reduce_task import is_state
 from modelshard.loading import open as open_model
 from modelshard.loading import open_cache
 

@@ -415,7 +415,7 @@ def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
 
 
 def records_as_lines(records: Iterable[dict]) -> list[str]:
-    """Records as the JSON lines a :class:`~modelshard.jobs.predict.Predictor` parses, each
+    """Records as the JSON lines a :class:`~modelshard.jobs.predict.task.Predictor` parses, each
     with its position as id (what the caller's id was is given back by position)."""
     return [orjson.dumps({**r, "id": i}).decode() if isinstance(r, dict) else orjson.dumps(r).decode()
             for i, r in enumerate(records)]

@@ -6,7 +6,7 @@ The module is built from the version's spec as ``predict`` builds it
 non-persistent buffers, such as position ids, cannot be made on the meta device is built
 once for real and its weights dropped). Each batch binds the held tensors to it with
 :func:`torch.func.functional_call` under the version's lock, and the batch's records go
-through the same :class:`~modelshard.jobs.predict.Predictor` as the batch job's, so inputs
+through the same :class:`~modelshard.jobs.predict.task.Predictor` as the batch job's, so inputs
 and outputs are exactly ``predict``'s.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from modelshard.errors import ModelShardError, UsageError
 from modelshard.jobs import hf
 from modelshard.jobs.models import build, factory
-from modelshard.jobs.predict import InputSpec, OutputSpec, Predictor
+from modelshard.jobs.predict.task import InputSpec, OutputSpec, Predictor
 from modelshard.serve.pool import UnavailableError, records_as_lines
 
 if TYPE_CHECKING:

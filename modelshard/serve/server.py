@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from modelshard.errors import ModelShardError, NotFoundError, UsageError
-from modelshard.jobs.predict import InputSpec, OutputSpec
+from modelshard.jobs.predict.task import InputSpec, OutputSpec
 from modelshard.serve.pool import ModelPool, TooLargeError, UnavailableError
 
 log = logging.getLogger(__name__)

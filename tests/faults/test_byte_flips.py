@@ -17,7 +17,7 @@ from modelshard.catalog.manifest import MANIFEST
 from modelshard.errors import ModelShardError
 from modelshard.jobs.modelio import SPEC_ATTR, load_model
 from modelshard.jobs.models import mlp
-from modelshard.jobs.resharding import reshard
+from modelshard.jobs.reshard.driver import reshard
 from modelshard.placement import copy
 
 

@@ -34,7 +34,7 @@ SCRIPTS = {
     # Its start-up writes nothing: the kills aim at the moves, once it says they begin.
     "alias": "modelshard.alias('m@prod', catalog=argv[1])\nprint('moving', flush=True)\n"
              "for _ in range(int(argv[2])): [modelshard.alias('m@prod', v, catalog=argv[1]) for v in (1, 2)]",
-    "reshard": "from modelshard.jobs.resharding import reshard\n"
+    "reshard": "from modelshard.jobs.reshard.driver import reshard\n"
                "reshard('m@1', shard_count=int(argv[2]), tasks=int(argv[2]), runner='inline', "
                "catalog=argv[1], aliases=['prod'])",
 }

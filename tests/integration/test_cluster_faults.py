@@ -14,9 +14,9 @@ import modelshard
 from modelshard.catalog.catalog import Catalog
 from modelshard.jobs.modelio import load_model
 from modelshard.jobs.models import ModelSpec
-from modelshard.jobs.predict import Predictor
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.training import init_model
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.predict.task import Predictor
+from modelshard.jobs.train.driver import init_model
 from tests.cluster import BackgroundJob, daemon_stopped_later, hadoop
 from tests.store_data import assert_same
 

@@ -7,7 +7,7 @@ import pytest
 
 from modelshard import api
 from modelshard.errors import JobError
-from modelshard.jobs.training import train
+from modelshard.jobs.train.driver import train
 from modelshard.quickstart import SPEC, TEST_ROWS, run
 
 

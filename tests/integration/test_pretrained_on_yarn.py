@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from modelshard import api
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.resharding import reshard
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.reshard.driver import reshard
 from tests import pretrained as pt
 
 

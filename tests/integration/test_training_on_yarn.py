@@ -7,8 +7,8 @@ import numpy as np
 from modelshard import api
 from modelshard.catalog.catalog import Catalog
 from modelshard.fs import get_fs
-from modelshard.jobs.averaging import MOMENTUM, Outer, train_plans
-from modelshard.jobs.training import train
+from modelshard.jobs.train.driver import train
+from modelshard.jobs.train.reduce_task import MOMENTUM, Outer, train_plans
 from modelshard.quickstart import SPEC, digits, write_records
 
 

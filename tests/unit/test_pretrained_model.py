@@ -9,7 +9,7 @@ import json
 
 from modelshard import api
 from modelshard.cli import main
-from modelshard.jobs.resharding import reshard
+from modelshard.jobs.reshard.driver import reshard
 from tests import pretrained as pt
 
 

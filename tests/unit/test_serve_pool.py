@@ -14,7 +14,7 @@ import torch
 import modelshard
 from modelshard.catalog.catalog import Catalog
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec, mlp
-from modelshard.jobs.predict import InputSpec, OutputSpec, Predictor
+from modelshard.jobs.predict.task import InputSpec, OutputSpec, Predictor
 from modelshard.scheduler import ShardScheduler
 from modelshard.serve.pool import ModelPool, TooLargeError, UnavailableError
 from tests.hf_data import SENTENCES, tiny_bert
@@ -66,7 +66,7 @@ def test_text_inputs_match_the_batch_predictor(cat, tmp_path):
     with ModelPool(cat, budget_bytes=8 << 20) as pool:
         got = pool.predict(pool.resolve("bert@prod"), [{"t": s} for s in SENTENCES],
                            inputs="text:t", output="topk:2")
-    from modelshard.jobs.predict import open_predictor
+    from modelshard.jobs.predict.task import open_predictor
 
     p = open_predictor(cat, "bert@prod", fmt="jsonl", batch_size=64, inputs=InputSpec("text", "t"),
                        output=OutputSpec("topk", 2))

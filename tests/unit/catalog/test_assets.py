@@ -20,7 +20,7 @@ from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.manifest import MANIFEST, Manifest
 from modelshard.cli import main
 from modelshard.errors import FormatError, IntegrityError, UsageError
-from modelshard.jobs.resharding import reshard
+from modelshard.jobs.reshard.driver import reshard
 from modelshard.shards.checksums import CHUNK_BYTES, seal
 from tests.store_data import assert_same, sample_state
 
@@ -175,7 +175,7 @@ def test_in_memory_arrays_have_no_assets(catalog):
 
 def test_training_epochs_keep_the_model_files(tmp_path):
     from modelshard.jobs.models import SPEC_ATTR, ModelSpec, build
-    from modelshard.jobs.training import train
+    from modelshard.jobs.train.driver import train
 
     spec = ModelSpec("mlp", {"sizes": [4, 3]})
     folder = tmp_path / "mlp"

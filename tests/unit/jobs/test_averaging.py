@@ -11,8 +11,8 @@ import pytest
 from modelshard import api
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import FormatError, IntegrityError, UsageError
-from modelshard.jobs import averaging
-from modelshard.jobs.averaging import (
+from modelshard.jobs.train import reduce_task as averaging
+from modelshard.jobs.train.reduce_task import (
     MOMENTUM,
     Outer,
     java_text_hash,

@@ -15,8 +15,8 @@ from torch import nn
 from modelshard import api
 from modelshard.errors import ModelShardError, UsageError
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec
-from modelshard.jobs.predict import InputSpec, OutputSpec, Predictor
-from modelshard.jobs.prediction import BAD_RECORDS, predict
+from modelshard.jobs.predict.driver import BAD_RECORDS, predict
+from modelshard.jobs.predict.task import InputSpec, OutputSpec, Predictor
 from tests.hf_data import SENTENCES, tiny_bert
 
 

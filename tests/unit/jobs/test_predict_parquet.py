@@ -13,7 +13,7 @@ import pytest
 from modelshard import api
 from modelshard.errors import ModelShardError, UsageError
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec
-from modelshard.jobs.prediction import BAD_RECORDS, predict
+from modelshard.jobs.predict.driver import BAD_RECORDS, predict
 from tests.hf_data import SENTENCES, tiny_bert
 from tests.unit.jobs.test_predict_outputs import bert, read_output  # noqa: F401 - a fixture
 

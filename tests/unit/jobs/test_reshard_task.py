@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 import modelshard
 from modelshard.catalog.catalog import Catalog
 from modelshard.fs import LocalFileSystem
-from modelshard.jobs.reshard import plan_reshard, plan_to_json, write_planned_shard
+from modelshard.jobs.reshard.task import plan_reshard, plan_to_json, write_planned_shard
 from tests.counting_fs import CountingFileSystem
 
 

@@ -11,7 +11,7 @@ STDERR = """+ env/bin/python mr_train.py --step-num=0 --mapper
 Traceback (most recent call last):
   File "mr_train.py", line 64, in <module>
     MRTrain.run()
-  File "modelshard/jobs/train.py", line 9, in check
+  File "modelshard/jobs/train/task.py", line 9, in check
     raise ValueError("training split is empty:\\n  no valid record")
 ValueError: training split is empty:
   no valid record

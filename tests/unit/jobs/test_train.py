@@ -4,7 +4,7 @@ import torch
 
 from modelshard.errors import UsageError
 from modelshard.jobs.models import ModelSpec, build, mlp
-from modelshard.jobs.train import StreamTrainer, evaluate, train_file, train_split
+from modelshard.jobs.train.task import StreamTrainer, evaluate, train_file, train_split
 
 
 def test_a_stream_is_trained_in_batches_holding_at_most_the_shuffle_buffer():

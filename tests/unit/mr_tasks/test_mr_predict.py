@@ -8,9 +8,9 @@ import pytest
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import AlreadyExistsError, NotFoundError
 from modelshard.jobs.modelio import load_model
-from modelshard.jobs.predict import Predictor
-from modelshard.jobs.prediction import BAD_RECORDS, predict
-from modelshard.jobs.training import init_model
+from modelshard.jobs.predict.driver import BAD_RECORDS, predict
+from modelshard.jobs.predict.task import Predictor
+from modelshard.jobs.train.driver import init_model
 from tests.unit.mr_tasks.conftest import SPEC
 
 

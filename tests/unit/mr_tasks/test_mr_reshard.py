@@ -7,7 +7,7 @@ import pytest
 
 from modelshard import api
 from modelshard.errors import NotFoundError, UsageError
-from modelshard.jobs.resharding import reshard
+from modelshard.jobs.reshard.driver import reshard
 
 MiB = 1 << 20
 

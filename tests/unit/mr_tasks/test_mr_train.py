@@ -10,9 +10,9 @@ import pytest
 from modelshard import api
 from modelshard.catalog.catalog import Catalog
 from modelshard.errors import JobError, NotFoundError, UsageError
-from modelshard.jobs import averaging
-from modelshard.jobs.averaging import MOMENTUM
-from modelshard.jobs.training import EPOCH_ATTR, train
+from modelshard.jobs.train import reduce_task as averaging
+from modelshard.jobs.train.driver import EPOCH_ATTR, train
+from modelshard.jobs.train.reduce_task import MOMENTUM
 from tests.unit.mr_tasks.conftest import SPEC
 
 SPEC_NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]

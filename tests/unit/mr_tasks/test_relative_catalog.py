@@ -6,9 +6,9 @@ import json
 
 from modelshard import api
 from modelshard.cli import main
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.resharding import reshard
-from modelshard.jobs.training import train
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.reshard.driver import reshard
+from modelshard.jobs.train.driver import train
 from tests.unit.mr_tasks.conftest import SPEC
 
 

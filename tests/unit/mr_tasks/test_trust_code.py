@@ -19,8 +19,8 @@ from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.launch import run_job
 from modelshard.jobs.modelio import SPEC_ATTR, load_model
 from modelshard.jobs.models import ENTRY_POINT_GROUP, ModelSpec, build, mlp
-from modelshard.jobs.prediction import predict
-from modelshard.jobs.training import init_model, train
+from modelshard.jobs.predict.driver import predict
+from modelshard.jobs.train.driver import init_model, train
 from mr_tasks.mr_predict import MRPredict
 
 SIZES = [64, 16, 10]

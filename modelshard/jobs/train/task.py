@@ -1,7 +1,7 @@
 """Data-parallel training by iterative parameter averaging (McDonald et al. 2010; local
 SGD / FedAvg / DiLoCo): each epoch every split trains from the same weights, then the
 weights are averaged, weighted by the number of examples each split saw, and an outer
-optimizer steps on the averaged update (:mod:`modelshard.jobs.averaging`).
+optimizer steps on the averaged update (:mod:`modelshard.jobs.train.reduce_task`).
 
 The mappers of ``mr_tasks/mr_train.py`` run :func:`train_file`: records are trained on in
 batches as they are read, through a shuffle buffer of a bounded size (memory: the buffer,

@@ -15,7 +15,7 @@ from modelshard.errors import FormatError
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import run_job, task_inputs
-from modelshard.jobs.reshard import DEFAULT_TASKS, plan_reshard, task_plans
+from modelshard.jobs.reshard.task import DEFAULT_TASKS, plan_reshard, task_plans
 from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import Written
 from mr_tasks.mr_reshard import MRReshard

@@ -19,7 +19,7 @@ from modelshard.jobs.hf import TOKENIZER_FILES
 from modelshard.jobs.launch import input_files, job_path, run_job
 from modelshard.jobs.modelio import model_spec
 from modelshard.jobs.parquet import JOB_DIR, check_output_format, discard, publish
-from modelshard.jobs.predict import InputSpec, OutputSpec
+from modelshard.jobs.predict.task import InputSpec, OutputSpec
 from modelshard.jobs.records import check_format
 from mr_tasks.mr_predict import MRPredict
 
@@ -63,7 +63,7 @@ def predict(
     as lines ``id<TAB>value``, both JSON. ``inputs``: ``features`` (default), ``tokens[:FIELD]``
     or ``text:FIELD`` (tokenized in the tasks by the version's own tokenizer); ``outputs``:
     ``class`` (default), ``scores``, ``topk:K``, ``embedding`` or ``tensor`` (see
-    :mod:`modelshard.jobs.predict`); ``output_format="parquet"``: Parquet files of ``id`` and
+    :mod:`modelshard.jobs.predict.task`); ``output_format="parquet"``: Parquet files of ``id`` and
     the output instead (:mod:`modelshard.jobs.parquet`). A record that does not fit the model
     is set aside with its reason in ``_bad_records.jsonl``. ``cache_dir``: the nodes' preload cache, where tasks
     find (or put) the verified shards and assets; ``budget_bytes``: most model bytes a task

@@ -21,13 +21,13 @@ from modelshard.catalog.commit import carry_assets, commit_version, shard_path, 
 from modelshard.catalog.keys import LATEST, parse_key
 from modelshard.catalog.manifest import Manifest
 from modelshard.errors import FormatError, NotFoundError, UsageError
-from modelshard.jobs.averaging import PIECES_DIR, Outer, train_plans
 from modelshard.jobs.config import parse_job_xml, render_job_xml
 from modelshard.jobs.hadoop import check_catalog
 from modelshard.jobs.launch import data_files, run_job, task_inputs
 from modelshard.jobs.modelio import SPEC_ATTR, load_model, model_spec
 from modelshard.jobs.models import ModelSpec, build
-from modelshard.jobs.train import SHUFFLE_BUFFER_BYTES, Metrics, evaluate
+from modelshard.jobs.train.reduce_task import PIECES_DIR, Outer, train_plans
+from modelshard.jobs.train.task import SHUFFLE_BUFFER_BYTES, Metrics, evaluate
 from modelshard.shards.checksums import Checksums
 from modelshard.shards.format import Written
 from modelshard.shards.planner import ShardPlan

@@ -1,6 +1,6 @@
 """Resharding logic: the plan of the new shards, and the task side that writes one planned
 shard from the source version (read by rows through a lazy handle that checks every
-chunk it serves). The driver is :mod:`modelshard.jobs.resharding`.
+chunk it serves). The driver is :mod:`modelshard.jobs.reshard.driver`.
 """
 
 from __future__ import annotations
