@@ -36,17 +36,23 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def json_object(line: str) -> dict:
+    """The JSON object of one line; BadRecord if it is not one."""
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise BadRecord(f"not JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise BadRecord("not a JSON object")
+    return rec
+
+
 def parse_record(line: str, fmt: str, *, n_features: int | None = None,
                  field: str = "x") -> tuple[object, np.ndarray, int | None]:
     """``(id, features, label or None)`` of one line; ``field``: where JSON lines hold the
     features."""
     if fmt == "jsonl":
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise BadRecord(f"not JSON: {e}") from None
-        if not isinstance(rec, dict):
-            raise BadRecord("not a JSON object")
+        rec = json_object(line)
         rid, x, y = rec.get("id"), rec.get(field), rec.get("y")
     else:
         parts = line.rstrip("\r\n").split(",")

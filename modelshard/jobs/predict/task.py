@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 from torch import nn
 
 from modelshard.errors import UsageError
-from modelshard.jobs.records import BadRecord, check_format, parse_record
+from modelshard.jobs.records import BadRecord, check_format, json_object, parse_record
 
 # What a bad record's side-output line keeps of it, so one huge line cannot flood the output.
 MAX_BAD_RECORD_CHARS = 1000
@@ -176,12 +175,7 @@ class Predictor:
         if self.inputs.kind == "features":
             rid, x, _ = parse_record(line, self.fmt, n_features=self.n_features, field=self.inputs.field)
             return rid, x
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise BadRecord(f"not JSON: {e}") from None
-        if not isinstance(rec, dict):
-            raise BadRecord("not a JSON object")
+        rec = json_object(line)
         rid, value = rec.get("id"), rec.get(self.inputs.field)
         if rid is None or rid == "":
             raise BadRecord("no id")
