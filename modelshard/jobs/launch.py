@@ -6,9 +6,9 @@ task's own error (mrjob only logs it as the "probable cause"), not just "step fa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
-import multiprocessing
 import os
 import re
 import tempfile
@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import mrjob.local
 from mrjob.job import MRJob
 from mrjob.step import StepFailedException
 from mrjob.util import to_lines
@@ -25,7 +24,7 @@ from modelshard.errors import JobError, ModelShardError, NotFoundError, UsageErr
 from modelshard.fs import FileInfo, FileSystem, get_fs
 from modelshard.jobs.config import jobconf_args
 from modelshard.jobs.hadoop import runner_args
-from modelshard.jobs.runner import HadoopRunner
+from modelshard.jobs.runner import HadoopRunner, LocalRunner
 
 
 def job_path(fs: FileSystem, path: str) -> str:
@@ -73,18 +72,21 @@ def task_inputs(runner: str, catalog_fs: FileSystem, docs: Sequence[Sequence[dic
         fs.delete(folder, recursive=True)
 
 
-@contextlib.contextmanager
-def _no_fork() -> Iterator[None]:
-    """mrjob's local runner starts its task workers with ``multiprocessing.Pool``, which forks
-    this process: a child forked while another thread (the JVM that libhdfs started, a lease
-    renewer) holds a lock can hang on it for ever. Its workers are started from a clean
-    forkserver process instead."""
-    pool = mrjob.local.Pool
-    mrjob.local.Pool = multiprocessing.get_context("forkserver").Pool
-    try:
-        yield
-    finally:
-        mrjob.local.Pool = pool
+def _starting(chunks: Iterator[bytes], prefix: bytes) -> Iterator[bytes]:
+    """The lines of ``chunks`` that start with ``prefix``, found by a regular-expression scan
+    of about 1 MiB at a time rather than a Python step per line (mrjob yields a chunk a line)."""
+    pattern = re.compile(rb"^" + re.escape(prefix) + rb"[^\n]*", re.MULTILINE)
+    rest, block, size = b"", [], 0
+    for chunk in itertools.chain(chunks, [None]):
+        if chunk is not None:
+            block.append(chunk)
+            size += len(chunk)
+            if size < 1 << 20:
+                continue
+        data = rest + b"".join(block)
+        cut = data.rfind(b"\n") + 1 if chunk is not None else len(data)
+        yield from (m.group(0) for m in pattern.finditer(data, 0, cut))
+        rest, block, size = data[cut:], [], 0
 
 
 @dataclass
@@ -145,7 +147,7 @@ def run_job(
     mrjob_conf: bool = True,
     overrides: dict[str, str] | None = None,
     echo: Callable[[str], object] | None = None,
-    keep: Callable[[bytes], bool] | None = None,
+    keep_prefix: bytes | None = None,
 ) -> JobResult:
     """Run ``job_class`` and return its parsed output and counters.
 
@@ -154,7 +156,8 @@ def run_job(
     (see :func:`~modelshard.jobs.hadoop.runner_args`); ``mrjob_conf=False`` ignores the site
     ``mrjob.conf`` ($MRJOB_CONF, ~/.mrjob.conf, /etc/mrjob.conf).
     ``echo`` receives progress lines (application id, tracking URL, map/reduce progress).
-    ``keep``: parse only the output lines it accepts (a large output is not decoded whole).
+    ``keep_prefix``: parse only the output lines that start with it (a large output is not
+    decoded whole).
     """
     args = [*runner_args(runner, catalog=catalog, flavour=flavour, python_archive=python_archive, echo=echo),
             *([] if mrjob_conf else ["--no-conf"]), *jobconf_args(jobconf, overrides)]
@@ -168,11 +171,13 @@ def run_job(
     log.setLevel(logging.INFO)
     try:
         # mrjob has no option for a runner class of one's own: build it as make_runner() does.
-        runner_of = (lambda: HadoopRunner(**job._runner_kwargs())) if runner == "hadoop" else job.make_runner
-        with _no_fork(), runner_of() as r:
+        runner_class = {"hadoop": HadoopRunner, "local": LocalRunner}.get(runner)
+        runner_of = (lambda: runner_class(**job._runner_kwargs())) if runner_class else job.make_runner
+        with runner_of() as r:
             r.run()
             read = job.output_protocol().read
-            output = [read(line) for line in to_lines(r.cat_output()) if keep is None or keep(line)]
+            lines = to_lines(r.cat_output()) if keep_prefix is None else _starting(r.cat_output(), keep_prefix)
+            output = [read(line) for line in lines]
             counters: dict[str, dict[str, int]] = {}
             for step in r.counters():
                 for group, names in step.items():

@@ -1,13 +1,15 @@
 """The tensor dtypes a shard may hold, by their safetensors names, and their numpy and torch
 counterparts. numpy has no bfloat16 of its own: ``ml_dtypes.bfloat16`` stands in, so BF16
-round-trips bit-exactly without torch."""
+round-trips bit-exactly without torch. ml_dtypes is imported the first time a BF16 tensor
+meets numpy: loading its extension costs 0.6-0.9 s, more than the rest of a command's start
+(docs/benchmarks.md, issue 11)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from modelshard.errors import FormatError
@@ -17,8 +19,12 @@ from modelshard.errors import FormatError
 class DType:
     name: str  # the safetensors name, e.g. "BF16"
     itemsize: int
-    numpy: np.dtype
+    numpy_name: str  # numpy's name of the dtype (``np.dtype(...).name``), little-endian
     torch_name: str  # attribute of the torch module; resolved lazily to keep torch optional
+
+    @property
+    def numpy(self) -> np.dtype:
+        return _numpy_dtype(self.numpy_name)
 
     @property
     def torch(self) -> Any:
@@ -30,20 +36,20 @@ class DType:
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in (
-        DType("F64", 8, np.dtype("<f8"), "float64"),
-        DType("F32", 4, np.dtype("<f4"), "float32"),
-        DType("F16", 2, np.dtype("<f2"), "float16"),
-        DType("BF16", 2, np.dtype(ml_dtypes.bfloat16), "bfloat16"),
-        DType("I64", 8, np.dtype("<i8"), "int64"),
-        DType("I32", 4, np.dtype("<i4"), "int32"),
-        DType("I16", 2, np.dtype("<i2"), "int16"),
-        DType("I8", 1, np.dtype("i1"), "int8"),
-        DType("U8", 1, np.dtype("u1"), "uint8"),
-        DType("BOOL", 1, np.dtype("?"), "bool"),
+        DType("F64", 8, "float64", "float64"),
+        DType("F32", 4, "float32", "float32"),
+        DType("F16", 2, "float16", "float16"),
+        DType("BF16", 2, "bfloat16", "bfloat16"),
+        DType("I64", 8, "int64", "int64"),
+        DType("I32", 4, "int32", "int32"),
+        DType("I16", 2, "int16", "int16"),
+        DType("I8", 1, "int8", "int8"),
+        DType("U8", 1, "uint8", "uint8"),
+        DType("BOOL", 1, "bool", "bool"),
     )
 }
 SUPPORTED = ", ".join(DTYPES)
-_BY_NUMPY = {d.numpy: d for d in DTYPES.values()}
+_BY_NUMPY_NAME = {d.numpy_name: d for d in DTYPES.values()}
 _BY_TORCH_NAME = {d.torch_name: d for d in DTYPES.values()}
 
 
@@ -56,7 +62,8 @@ def get(name: object, *, where: str) -> DType:
 
 
 def of_numpy(dt: np.dtype, *, where: str) -> DType:
-    dtype = _BY_NUMPY.get(dt.newbyteorder("<") if dt.byteorder == ">" else dt)
+    # By name (either byte order): an array of bfloat16 means ml_dtypes is imported already.
+    dtype = _BY_NUMPY_NAME.get(dt.name)
     if dtype is None:
         raise FormatError(f"{where}: numpy dtype {dt} is not supported; convert it to one of "
                           f"{SUPPORTED}")
@@ -69,3 +76,12 @@ def of_torch(dt: Any, *, where: str) -> DType:
         raise FormatError(f"{where}: torch dtype {dt} is not supported; convert it to one of "
                           f"{SUPPORTED}")
     return dtype
+
+
+@functools.cache
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name).newbyteorder("<")

@@ -107,7 +107,7 @@ def predict(
         job = run_job(MRPredict, runner=runner, inputs=files, output_dir=job_path(out_fs, job_dir),
                       jobconf=parse_job_xml(xml), catalog=cat.uri, python_archive=python_archive,
                       mrjob_conf=mrjob_conf, overrides=overrides, echo=echo,
-                      keep=lambda line: line.startswith(b"null\t"))  # bad records and file reports
+                      keep_prefix=b"null\t")  # bad records and file reports
     except Exception:
         if parquet:
             discard(out_fs, out_path)
