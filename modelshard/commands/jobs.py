@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--dtype", help="cast floating-point tensors, e.g. BF16, F16, F32")
     p.add_argument("--alias", action="append", default=[], dest="aliases")
     p.add_argument("--tasks", type=int, default=4, help="map tasks writing the new shards (default 4)")
+    p.add_argument("--with-optimizer-state", action="store_true",
+                   help="keep a trained version's optimizer state (outer_momentum:* tensors, which "
+                        "training resumes from); by default the new version holds the model's tensors only")
     p.set_defaults(run=_reshard)
 
 
@@ -149,7 +152,8 @@ def _reshard(args: argparse.Namespace) -> Output:
     from modelshard.jobs.reshard.driver import reshard
 
     m = reshard(args.key, shard_size=args.shard_size, shard_count=args.shards, dtype=args.dtype,
-                tasks=args.tasks, aliases=args.aliases, **_job_args(args))
+                tasks=args.tasks, aliases=args.aliases, with_optimizer_state=args.with_optimizer_state,
+                **_job_args(args))
     return Output({"name": m.name, "version": m.version, "shards": len(m.shards), "total_size": m.total_size},
                   f"resharded {args.key} into {m.name}@{m.version}: {len(m.shards)} shards, "
                   f"{human_bytes(m.total_size)}")

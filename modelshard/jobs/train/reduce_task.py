@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from mrjob.compat import jobconf_from_env
 
-from modelshard.catalog.manifest import Manifest, ShardRecord
+from modelshard.catalog.manifest import OPTIMIZER_STATE_PREFIX, Manifest, ShardRecord, is_optimizer_state
 from modelshard.errors import FormatError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.shardio import array_items, write_items
@@ -40,15 +40,9 @@ from modelshard.shards.format import CHUNK, ShardItem
 from modelshard.shards.planner import Piece, ShardPlan, TensorMeta
 from modelshard.verified import VerifiedShard
 
-# A torch state-dict key never holds ':', so no parameter is named like its momentum.
-MOMENTUM = "outer_momentum:"
+MOMENTUM = OPTIMIZER_STATE_PREFIX
 PIECES_DIR = "pieces"
 FLOATS = {"F64", "F32", "F16", "BF16"}
-
-
-def is_state(name: str) -> bool:
-    """Whether tensor ``name`` is the outer optimizer's state rather than the model's."""
-    return name.startswith(MOMENTUM)
 
 
 @dataclass(frozen=True)
@@ -59,9 +53,9 @@ class Outer:
     momentum: float = 0.9
 
     def __post_init__(self) -> None:
-        if not (0 < self.lr <= 2 and 0 <= self.momentum < 1):
+        if not (0 < self.lr <= 10 and 0 <= self.momentum < 1):
             raise UsageError(f"outer optimizer lr={self.lr} momentum={self.momentum}: give "
-                             "0 < outer lr <= 2 and 0 <= outer momentum < 1")
+                             "0 < outer lr <= 10 and 0 <= outer momentum < 1")
 
     def step(self, old: np.ndarray, average: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The new parameters and momentum, in float64, from ``old``, the ``average`` of the
@@ -79,7 +73,7 @@ def train_plans(manifest: Manifest, *, outer: Outer) -> list[ShardPlan]:
     planned at its shard size, each floating-point one with its momentum in the same shard
     (parameters planned at half the size then, so shards keep about the planned size).
     Every task computes the same plan from the same manifest."""
-    metas = [TensorMeta(n, t.dtype, t.shape) for n, t in manifest.tensors.items() if not is_state(n)]
+    metas = [TensorMeta(n, t.dtype, t.shape) for n, t in manifest.tensors.items() if not is_optimizer_state(n)]
     keep = outer.momentum > 0
     plans = planner.plan(metas, max(1, manifest.shard_size // 2) if keep else manifest.shard_size)
     out = []
@@ -123,7 +117,7 @@ def write_pieces(state: dict[str, np.ndarray], plans: Sequence[ShardPlan], stagi
     attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
     reports = []
     for plan in plans:
-        pieces = [p for p in plan.pieces if not is_state(p.name)]
+        pieces = [p for p in plan.pieces if not is_optimizer_state(p.name)]
         arrays = [(p.key, state[p.name] if p.rows is None else state[p.name][p.rows[0]:p.rows[1]])
                   for p in pieces]
         path = posixpath.join(PIECES_DIR, f"{split:05d}-{attempt}", plan.filename)
@@ -146,7 +140,7 @@ class _Piece:
             self.offsets = {k: (int(b), int(e)) for k, (b, e) in report["offsets"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"piece report {str(report)[:200]!r} is malformed: {e}") from e
-        want = {p.key: p.nbytes for p in plan.pieces if not is_state(p.name)}
+        want = {p.key: p.nbytes for p in plan.pieces if not is_optimizer_state(p.name)}
         if {k: e - b for k, (b, e) in self.offsets.items()} != want:
             raise FormatError(f"piece {path} of split {self.split} does not hold the tensors that shard "
                               f"{plan.filename} plans; were the splits trained from another version?")
@@ -235,7 +229,7 @@ def reduce_shard(plan: ShardPlan, reports: Sequence[dict], *, splits: int, paren
             return spill.read(n)
         return read
 
-    items = [ShardItem(p.key, p.dtype, p.shape, spilled_values(p) if is_state(p.name) else new_values(p))
+    items = [ShardItem(p.key, p.dtype, p.shape, spilled_values(p) if is_optimizer_state(p.name) else new_values(p))
              for p in plan.pieces]
     attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
     filename = f"{plan.filename.removesuffix('.safetensors')}-{attempt}.safetensors"
