@@ -124,7 +124,7 @@ def pull(key: str, dest: str | os.PathLike | None = None, *,
     ``model.safetensors.index.json`` (Hugging Face tools load it as is) and return its URI.
     Without: return ``{name: array}`` of writable numpy arrays, or torch tensors with
     ``framework="torch"``; split tensors come back whole. The model's tensors only: a
-    trained version's optimizer state (``outer_momentum:*``, which training resumes from)
+    trained version's optimizer state (``inner_momentum:*``, ``outer_momentum:*``, which training resumes from)
     comes too only with ``with_optimizer_state=True``::
 
         weights = pull("bert@prod", framework="torch")

@@ -218,7 +218,7 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
     source and again as stored at the destination (``commit.check_stored``), before the
     store's atomic commit makes the version visible there. ``latest`` at the destination
     moves only if this version is newer than the one it points at. A trained version keeps
-    its optimizer state (``outer_momentum:*``): a version is the same bytes in every
+    its optimizer state (``inner_momentum:*``, ``outer_momentum:*``): a version is the same bytes in every
     catalog, and the copy repairs or resumes like the source (``pull`` and ``reshard``
     leave the state out)::
 

@@ -62,15 +62,17 @@ _ASSET_PART = r"[^/\\\x00-\x1f\x7f:.][^/\\\x00-\x1f\x7f:]{0,254}"
 _ASSET_NAME = re.compile(rf"(?:{_ASSET_PART}/){{0,7}}{_ASSET_PART}")
 
 
-# The outer momentum that training stores beside each parameter (mr_train, issue 12): part
-# of the version, so that training resumes exactly, but not of the model. A torch state-dict
-# key never holds ':', so no parameter is named like it.
-OPTIMIZER_STATE_PREFIX = "outer_momentum:"
+# The optimizers' state that training stores beside each parameter (mr_train, issue 12): the
+# splits' averaged SGD momentum and the outer optimizer's momentum. Part of the version, so
+# that training resumes exactly, but not of the model. A torch state-dict key never holds
+# ':', so no parameter is named like them.
+INNER_MOMENTUM = "inner_momentum:"
+OUTER_MOMENTUM = "outer_momentum:"
 
 
 def is_optimizer_state(name: str) -> bool:
     """Whether tensor ``name`` is a training optimizer's state rather than the model's."""
-    return name.startswith(OPTIMIZER_STATE_PREFIX)
+    return name.startswith((INNER_MOMENTUM, OUTER_MOMENTUM))
 
 
 def check_asset_name(name: object) -> str:

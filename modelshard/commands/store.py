@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("key", help="name, name@version or name@alias")
     p.add_argument("dest", help="a new or empty folder")
     p.add_argument("--with-optimizer-state", action="store_true",
-                   help="also write a trained version's optimizer state (outer_momentum:* tensors; "
-                        "by default only the model's tensors)")
+                   help="also write a trained version's optimizer state (inner_momentum:* and "
+                        "outer_momentum:* tensors; by default only the model's tensors)")
     workers(p)
 
     p = command("ls", _ls, "list the versions of one model or of all")

@@ -96,7 +96,7 @@ class ModelHandle:
                         pool_bytes: int = DEFAULT_POOL_BYTES, workers: int | None = None
                         ) -> dict[str, Any]:
         """``{name: tensor}`` for ``names`` (None: the model's tensors, all but a trained
-        version's optimizer state, ``outer_momentum:*``, which is read only by name: a
+        version's optimizer state, ``inner_momentum:*``, ``outer_momentum:*``, which is read only by name: a
         strict torch ``load_state_dict`` takes the result), shards read in parallel; ``dtype``
         (``"float16"``, ``"BF16"``, a numpy or torch dtype) converts the floating-point
         tensors only, as Hugging Face's ``torch_dtype`` does; ``rows``: ``{name: (start,

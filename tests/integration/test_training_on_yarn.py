@@ -3,6 +3,7 @@ for bit, the outer optimizer's state included), no weights go through the shuffl
 own counter), and an epoch leaves nothing in the staging on HDFS."""
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from modelshard import api
 from modelshard.catalog.catalog import Catalog
@@ -30,9 +31,15 @@ def test_yarn_trains_the_same_weights_as_inline_without_weights_in_the_shuffle(h
                     runner="hadoop", echo=print)
     inline = train("digits", f"{local}/data", epochs=2, lr=0.1, catalog=f"{local}/catalog", init=SPEC, seed=7)
 
-    a, b = api.pull("digits", catalog=catalog), api.pull("digits", catalog=f"{local}/catalog")
+    a, b = (api.pull("digits", catalog=c, with_optimizer_state=True) for c in (catalog, f"{local}/catalog"))
     assert a.keys() == b.keys() and any(k.startswith(MOMENTUM) for k in a)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    # For inference, the model's tensors only: in memory, and in a folder pulled from HDFS.
+    model = sorted(k for k in a if not k.startswith(MOMENTUM))
+    assert sorted(api.pull("digits", catalog=catalog)) == model
+    api.pull("digits", tmp_path / "pulled", catalog=catalog)
+    files = sorted((tmp_path / "pulled").glob("*.safetensors"))
+    assert files and sorted(k for f in files for k in load_file(f)) == model
     assert [e.loss for e in on_yarn.epochs] == [e.loss for e in inline.epochs]
     for e in on_yarn.epochs:
         print(f"epoch {e.epoch}: shuffle {e.shuffle_bytes} bytes, peak RSS map {e.peak_rss_map_mib} MiB, "

@@ -1,4 +1,4 @@
-"""A trained version's optimizer state (the outer momentum, ``outer_momentum:<name>``) is
+"""A trained version's optimizer state (``inner_momentum:<name>``, ``outer_momentum:<name>``) is
 part of the version but not of the model: pull, load, load_into and reshard hand out the
 model's tensors unless asked for the state; copy keeps the version as it is."""
 
@@ -13,12 +13,12 @@ from safetensors import safe_open
 
 import modelshard
 from modelshard import loading, placement
-from modelshard.catalog.manifest import OPTIMIZER_STATE_PREFIX, is_optimizer_state
+from modelshard.catalog.manifest import INNER_MOMENTUM, OUTER_MOMENTUM, is_optimizer_state
 from modelshard.cli import main
 from modelshard.jobs.reshard.driver import reshard
 
 MODEL = {"weight": np.arange(12, dtype=np.float32).reshape(3, 4), "bias": np.ones(3, np.float32)}
-STATE = {OPTIMIZER_STATE_PREFIX + k: v * -0.5 for k, v in MODEL.items()}
+STATE = {**{OUTER_MOMENTUM + k: v * -0.5 for k, v in MODEL.items()}, INNER_MOMENTUM + "bias": MODEL["bias"] * 2}
 
 
 def trained(catalog, *, shard_size: int = 1 << 20) -> str:
@@ -54,7 +54,8 @@ def test_without_optimizer_state_drops_the_state_and_shards_that_hold_only_it(ca
     assert m.total_size == sum(v.nbytes for v in MODEL.values())
     plain = catalog.manifest(*catalog.resolve(f"m@{modelshard.push(MODEL, 'm', catalog=catalog).version}"))
     assert plain.without_optimizer_state() is plain
-    assert is_optimizer_state("outer_momentum:w") and not is_optimizer_state("w")
+    assert is_optimizer_state("outer_momentum:w") and is_optimizer_state("inner_momentum:w")
+    assert not is_optimizer_state("w")
 
 
 @pytest.mark.parametrize("shard_size", [1 << 20, 16])  # model and state in one shard; in their own
@@ -84,7 +85,7 @@ def test_cli_pull_with_optimizer_state(catalog, tmp_path, capsys):
 def test_load_and_load_into_give_the_model_and_the_state_by_name(catalog):
     key = trained(catalog)
     same(loading.load(key, catalog=catalog), MODEL)
-    name = OPTIMIZER_STATE_PREFIX + "bias"
+    name = OUTER_MOMENTUM + "bias"
     same(loading.load(key, catalog=catalog, names=[name]), {name: STATE[name]})
     layer = torch.nn.Linear(4, 3)
     report = loading.load_into(layer, key, catalog=catalog)

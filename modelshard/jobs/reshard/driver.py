@@ -46,7 +46,7 @@ def reshard(
 
     With ``shard_count`` the new version has exactly that many shards (UsageError if the
     model has fewer tensors, or pieces of split tensors, than that). A trained version's
-    optimizer state (``outer_momentum:*``) is left out (attr ``reshard.optimizer_state``:
+    optimizer state (``inner_momentum:*``, ``outer_momentum:*``) is left out (attr ``reshard.optimizer_state``:
     ``dropped``; training from the new version starts its momentum at zero) unless
     ``with_optimizer_state``.
     """

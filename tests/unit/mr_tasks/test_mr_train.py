@@ -52,7 +52,7 @@ def test_local_runner_gives_the_same_weights_as_inline(tmp_path, train_dir):
     for runner in ("inline", "local"):
         cat = str(tmp_path / runner)
         train("digits", str(train_dir), epochs=2, catalog=cat, init=SPEC, runner=runner, seed=3)
-        weights.append(api.pull("digits", catalog=cat))
+        weights.append(api.pull("digits", catalog=cat, with_optimizer_state=True))
     assert weights[0].keys() == weights[1].keys() and len(weights[0]) == 2 * len(SPEC_NAMES)
     assert all(weights[0][k].tobytes() == weights[1][k].tobytes() for k in weights[0])
 
@@ -77,14 +77,14 @@ def test_a_failed_epoch_leaves_nothing_and_the_rerun_continues_exactly(tmp_path,
     monkeypatch.undo()
     r = train("digits", str(train_dir), epochs=3, catalog=cat, seed=5)
     assert [e.epoch for e in r.epochs] == [2, 3]
-    a, b = api.pull("digits", catalog=straight), api.pull("digits", catalog=cat)
+    a, b = (api.pull("digits", catalog=c, with_optimizer_state=True) for c in (straight, cat))
     assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)  # momentum included
 
 
 def test_without_outer_momentum_no_optimizer_state_is_kept(tmp_path, train_dir):
     plain = str(tmp_path / "plain")
     train("digits", str(train_dir), epochs=1, catalog=plain, init=SPEC, outer=averaging.Outer(lr=1, momentum=0))
-    assert not any(n.startswith(MOMENTUM) for n in api.pull("digits", catalog=plain))
+    assert not any(n.startswith(MOMENTUM) for n in Catalog(plain).manifest("digits", "2").tensors)
 
 
 def test_bad_records_are_set_aside_not_dropped(tmp_path, train_dir):
