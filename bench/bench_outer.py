@@ -1,17 +1,22 @@
 """The outer optimizer's settings on digits, in process and fast: the arithmetic of one
-training epoch of mr_train (4 splits each trained by ``train_split``, the count-weighted
-average in float64, :meth:`Outer.step`, weights and momentum stored as float32) without
-the jobs around it, against single-process training with the same seed; 10 epochs.
+training epoch of mr_train (4 splits each trained by ``train_split`` from the averaged
+inner momentum, the count-weighted averages of parameters and inner momentum in float64,
+:meth:`Outer.step`, weights and momenta stored as float32) without the jobs around it,
+against single-process training with the same seed; 10 epochs. ``--reset-inner-momentum``:
+each split's SGD momentum starts from zero every epoch instead (mr_train before issue 12's
+parity work).
 It gives the inline runner's accuracies (the same bits on seeds 0-2, checked against
 ``bench_jobs.py --only train``), so many seeds and settings fit in minutes.
 
-    .venv/bin/python bench/bench_outer.py --seeds 0-7 --outer 1:0,0.7:0.9,0.6:0.8
+    .venv/bin/python bench/bench_outer.py --seeds 0-15 --outer 1:0,0.5:0.9 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -24,25 +29,44 @@ from modelshard.quickstart import SPLITS, TEST_ROWS, digits
 SIZES = [64, 64, 10]
 
 
-def averaged(x: np.ndarray, y: np.ndarray, *, seed: int, outer: Outer, epochs: int, lr: float) -> torch.nn.Module:
+def averaged(x: np.ndarray, y: np.ndarray, *, seed: int, outer: Outer, epochs: int, lr: float,
+             keep_inner: bool = True) -> torch.nn.Module:
     parts = np.array_split(np.arange(len(y)), SPLITS)
     theta = {k: v.detach().numpy().copy() for k, v in mlp(sizes=SIZES, seed=seed).state_dict().items()}
     momentum = {k: np.zeros_like(v) for k, v in theta.items()}
+    inner: dict[str, np.ndarray] = {}  # the version's averaged inner momentum (none at first)
     model = mlp(sizes=SIZES)
     for epoch in range(1, epochs + 1):
         acc = {k: np.zeros(v.shape, np.float64) for k, v in theta.items()}
+        inner_acc = {k: np.zeros(v.shape, np.float64) for k, v in theta.items()}
         for i, part in enumerate(parts):
             model.load_state_dict({k: torch.from_numpy(v) for k, v in theta.items()})
             # The seed a map task gets: the run's, the epoch's and the split's (train_file's).
             task_seed = (seed * 1_000_003 + epoch * 1000 + i) * 1009
-            train_split(model, x[part], y[part], lr=lr, batch_size=32, seed=task_seed)
+            buffers = dict(inner) if keep_inner else {}
+            train_split(model, x[part], y[part], lr=lr, batch_size=32, seed=task_seed, momentum=buffers)
             for k, v in model.state_dict().items():
                 acc[k] += v.numpy().astype(np.float64) * (len(part) / len(y))
+                inner_acc[k] += buffers.get(k, np.zeros_like(theta[k])).astype(np.float64) * (len(part) / len(y))
+        inner = {k: v.astype(np.float32) for k, v in inner_acc.items()}
         for k in theta:
             new, m = outer.step(theta[k].astype(np.float64), acc[k], momentum[k].astype(np.float64))
             theta[k], momentum[k] = new.astype(np.float32), m.astype(np.float32)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in theta.items()})
     return model
+
+
+def one_seed(seed: int, *, outers: list[Outer], epochs: int, lr: float, keep_inner: bool) -> tuple[float, list[float]]:
+    """Test accuracy of single-process training and of each outer setting on ``seed``."""
+    torch.set_num_threads(1)
+    x, y = digits(seed)
+    n = len(y) - TEST_ROWS
+    model = mlp(sizes=SIZES, seed=seed)
+    train_reference(model, x[:n], y[:n], epochs=epochs, lr=lr, batch_size=32, seed=seed)
+    return evaluate(model, x[n:], y[n:]).accuracy, [
+        evaluate(averaged(x[:n], y[:n], seed=seed, outer=o, epochs=epochs, lr=lr, keep_inner=keep_inner),
+                 x[n:], y[n:]).accuracy
+        for o in outers]
 
 
 def main() -> None:
@@ -51,29 +75,28 @@ def main() -> None:
     p.add_argument("--outer", default="1:0,0.7:0.9", help="comma-separated LR:MOMENTUM")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
+    p.add_argument("--reset-inner-momentum", action="store_true",
+                   help="each split's SGD momentum from zero every epoch (as before issue 12's parity work)")
     a = p.parse_args()
     first, last = (int(s) for s in a.seeds.split("-"))
     outers = [Outer(lr=float(o.split(":")[0]), momentum=float(o.split(":")[1])) for o in a.outer.split(",")]
-    torch.set_num_threads(1)
     ref, got = [], {o: [] for o in outers}
-    for seed in range(first, last + 1):
-        x, y = digits(seed)
-        n = len(y) - TEST_ROWS
-        model = mlp(sizes=SIZES, seed=seed)
-        train_reference(model, x[:n], y[:n], epochs=a.epochs, lr=a.lr, batch_size=32, seed=seed)
-        ref.append(evaluate(model, x[n:], y[n:]).accuracy)
-        for o in outers:
-            got[o].append(evaluate(averaged(x[:n], y[:n], seed=seed, outer=o, epochs=a.epochs, lr=a.lr),
-                                   x[n:], y[n:]).accuracy)
-        print(f"seed {seed}: single process {ref[-1]:.4f}; " + ", ".join(
-            f"outer {o.lr}/{o.momentum} {got[o][-1]:.4f}" for o in outers), flush=True)
-    print("\n| outer lr / momentum | median | single process median | diff of medians | mean of per-seed diffs |"
-          "\n|---|---:|---:|---:|---:|")
+    run = partial(one_seed, outers=outers, epochs=a.epochs, lr=a.lr, keep_inner=not a.reset_inner_momentum)
+    with ProcessPoolExecutor(a.jobs) as pool:
+        for seed, (r, accs) in zip(range(first, last + 1), pool.map(run, range(first, last + 1)), strict=True):
+            ref.append(r)
+            for o, acc in zip(outers, accs, strict=True):
+                got[o].append(acc)
+            print(f"seed {seed}: single process {r:.4f}; " + ", ".join(
+                f"outer {o.lr}/{o.momentum} {acc:.4f}" for o, acc in zip(outers, accs, strict=True)), flush=True)
+    print("\n| outer lr / momentum | median | single process median | diff of medians | mean of per-seed diffs "
+          "| median of per-seed diffs |\n|---|---:|---:|---:|---:|---:|")
     for o in outers:
         diffs = [(g - r) * 100 for g, r in zip(got[o], ref, strict=True)]
         a_med, r_med = statistics.median(got[o]), statistics.median(ref)
         print(f"| {o.lr} / {o.momentum} | {a_med:.4f} | {r_med:.4f} | {(a_med - r_med) * 100:+.2f} pp | "
-              f"{statistics.mean(diffs):+.2f} pp |")
+              f"{statistics.mean(diffs):+.2f} pp | {statistics.median(diffs):+.2f} pp |")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from modelshard import api
+from modelshard.catalog.manifest import is_optimizer_state
 from modelshard.fs import get_fs
 from modelshard.jobs.modelio import SPEC_ATTR, load_model
 from modelshard.jobs.models import ModelSpec
 from modelshard.jobs.train.driver import train
-from modelshard.jobs.train.reduce_task import is_state
 from modelshard.jobs.train.task import StreamTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def one_process_epoch(catalog: str, key: str, data: str, *, lr: float, batch_siz
                 r = json.loads(line)
                 trainer.add(np.asarray(r["x"], np.float32), r["y"])
     trainer.finish()
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items() if not is_state(k)}
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items() if not is_optimizer_state(k)}
     manifest = api.show(key, catalog=catalog).manifest
     api.push(state, "baseline", catalog=catalog, attrs={SPEC_ATTR: manifest.attrs[SPEC_ATTR]})
     return time.perf_counter() - t

@@ -116,23 +116,27 @@ def push(source: Any, key: str, *, catalog: str | Catalog | None = None,
 
 def pull(key: str, dest: str | os.PathLike | None = None, *,
          catalog: str | Catalog | None = None, framework: str = "numpy",
-         workers: int = DEFAULT_WORKERS) -> dict[str, Any] | str:
+         workers: int = DEFAULT_WORKERS, with_optimizer_state: bool = False) -> dict[str, Any] | str:
     """Fetch a version, checking every shard as it is read (its CRC32C chunks; the sha256
     for a version pushed before them).
 
     With ``dest``: write a new or empty folder of safetensors files plus
     ``model.safetensors.index.json`` (Hugging Face tools load it as is) and return its URI.
     Without: return ``{name: array}`` of writable numpy arrays, or torch tensors with
-    ``framework="torch"``; split tensors come back whole::
+    ``framework="torch"``; split tensors come back whole. The model's tensors only: a
+    trained version's optimizer state (``inner_momentum:*``, ``outer_momentum:*``, which training resumes from)
+    comes too only with ``with_optimizer_state=True``::
 
         weights = pull("bert@prod", framework="torch")
+        model.load_state_dict(pull("digits@latest", framework="torch"))   # strict
     """
     cat = _catalog(catalog)
     check_workers(workers)
     manifest = cat.manifest(*cat.resolve(key))
     if dest is None:
-        return fetch.load(cat, manifest, framework=framework, workers=workers)
-    return fetch.export(cat, manifest, os.fspath(dest), workers=workers)
+        return fetch.load(cat, manifest if with_optimizer_state else manifest.without_optimizer_state(),
+                          framework=framework, workers=workers)
+    return fetch.export(cat, manifest, os.fspath(dest), workers=workers, optimizer_state=with_optimizer_state)
 
 
 def ls(name: str | None = None, *, catalog: str | Catalog | None = None) -> list[VersionInfo]:

@@ -217,7 +217,10 @@ def copy(key: str, dest: str | os.PathLike | Catalog, *,
     version, byte for byte: every shard is checked against the manifest as it leaves the
     source and again as stored at the destination (``commit.check_stored``), before the
     store's atomic commit makes the version visible there. ``latest`` at the destination
-    moves only if this version is newer than the one it points at::
+    moves only if this version is newer than the one it points at. A trained version keeps
+    its optimizer state (``inner_momentum:*``, ``outer_momentum:*``): a version is the same bytes in every
+    catalog, and the copy repairs or resumes like the source (``pull`` and ``reshard``
+    leave the state out)::
 
         copy("bert@prod", "hdfs://nn:9000/catalogs/serving")
     """

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"""
 modelshard quickstart ({s.runner} runner, {s.seconds} s)
   catalog        {s.catalog}
-  trained        {s.model}: {s.epochs} epochs of parameter averaging over {SPLITS} splits (outer Nesterov step)
+  trained        {s.model}: {s.epochs} epochs of parameter averaging over {SPLITS} splits (SGD momentum kept)
   test accuracy  {s.test_accuracy_averaged:.4f} (single process, same epochs: {s.test_accuracy_single_process:.4f})
   predicted      {s.predicted} held-out rows, accuracy {s.predict_accuracy:.4f}; {s.bad_records} bad record(s) set aside
   resharded      {s.resharded} (BF16)

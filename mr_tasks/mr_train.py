@@ -1,10 +1,11 @@
 """One epoch of data-parallel training by parameter averaging; no weights in the shuffle.
 
 Each map task's input line names one split (a data file); the mapper loads the current
-weights, trains on the split's records in batches as it reads them, writes its parameters
-as one piece per planned shard into the epoch's staging folder and emits only a small
-report per piece. The reducer of each planned shard averages the pieces by streaming,
-applies the outer optimizer and writes the shard of the next version; the driver
+weights and the splits' averaged SGD momentum, trains on the split's records in batches as
+it reads them, writes its parameters and momentum as one piece per planned shard into the
+epoch's staging folder and emits only a small report per piece. The reducer of each
+planned shard averages the pieces by streaming, applies the outer optimizer and writes
+the shard of the next version; the driver
 (``modelshard.jobs.train.driver``) commits it. See :mod:`modelshard.jobs.train.reduce_task`. Settings
 come from the job XML (``templates/train_config.xml.j2``). Reducers never import torch.
 """
@@ -15,10 +16,17 @@ from mrjob.compat import jobconf_from_env
 from mrjob.job import MRJob
 from mrjob.protocol import JSONProtocol, JSONValueProtocol
 
-from modelshard.catalog.catalog import Catalog
 from modelshard.fs import get_fs
 from modelshard.jobs.modelio import TRUST_CODE_PROPERTY, trusts_code
-from modelshard.jobs.train.reduce_task import Outer, reduce_shard, shard_index, shard_key, train_plans, write_pieces
+from modelshard.jobs.train.reduce_task import (
+    INNER,
+    Outer,
+    reduce_shard,
+    shard_index,
+    shard_key,
+    train_plans,
+    write_pieces,
+)
 from modelshard.loading import open as open_model
 
 COUNTERS = "modelshard"
@@ -49,8 +57,10 @@ class MRTrain(MRJob):
         self.set_status("loading model " + conf("model"))
         self.model = load_model(conf("catalog"), conf("model"), progress=self.set_status,
                                 trust_code=trusts_code(jobconf_from_env(TRUST_CODE_PROPERTY)))
-        cat = Catalog(conf("catalog"))
-        self.plans = train_plans(cat.manifest(*cat.resolve(conf("model"))), outer=outer())
+        with open_model(conf("model"), catalog=conf("catalog"), record_stats=False) as parent:
+            self.plans = train_plans(parent.manifest, outer=outer())
+            inner = [n for n in parent.names() if n.startswith(INNER)]
+            self.momentum = {n.removeprefix(INNER): v for n, v in parent.load_state_dict(inner).items()}
 
     def mapper(self, _, task):
         from modelshard.jobs.predict.task import MAX_BAD_RECORD_CHARS, declared_width
@@ -65,10 +75,11 @@ class MRTrain(MRJob):
                     yield raw.decode("utf-8", "replace")
 
         self.set_status(f"training on split {split}: {task['file']}")
+        momentum = dict(self.momentum)  # in: the version's; out: this split's
         run = train_file(self.model, lines, fmt=conf("format", "jsonl"), n_features=declared_width(self.model),
                          lr=float(conf("train.lr")), batch_size=int(conf("train.batch_size")),
                          seed=int(conf("train.seed", "0")) + split, epochs=int(conf("train.local_epochs", "1")),
-                         buffer_bytes=int(conf("train.shuffle_buffer_bytes")))
+                         buffer_bytes=int(conf("train.shuffle_buffer_bytes")), momentum=momentum)
         try:
             while True:
                 reason, line = next(run)
@@ -79,7 +90,8 @@ class MRTrain(MRJob):
         self.increment_counter(COUNTERS, "records", metrics.count)
         self.set_status(f"writing the pieces of split {split}")
         state = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
-        reports = write_pieces(state, self.plans, conf("train.staging"), split=split, count=metrics.count)
+        reports = write_pieces(state, momentum, self.plans, conf("train.staging"), split=split,
+                               count=metrics.count)
         for i, report in enumerate(reports):
             yield shard_key(i, len(self.plans)), report
         yield METRICS, [metrics.loss_sum, metrics.correct, metrics.count]

@@ -30,7 +30,7 @@ from modelshard.errors import (
 from modelshard.fs import FileSystem, get_fs
 from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
 from modelshard.shards.format import ShardItem, read_header, write_shard
-from modelshard.verified import read_stream, uncovered
+from modelshard.verified import read_stream
 
 if TYPE_CHECKING:
     from modelshard.cache.preload import PreloadCache
@@ -40,25 +40,31 @@ FRAMEWORKS = ("numpy", "torch")
 
 # -- into memory ---------------------------------------------------------------------------
 def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) -> dict[str, Any]:
-    """Every tensor as a writable numpy array or torch tensor, split tensors reassembled.
+    """Every tensor of ``manifest`` as a writable numpy array or torch tensor, split tensors
+    reassembled (``manifest`` may leave some of its shards' tensors out, e.g.
+    :meth:`~Manifest.without_optimizer_state`).
 
     Each shard is read once, front to back in large reads, into new buffers that its whole
     tensors then view (no copy; a tensor keeps its buffer alive): one buffer per run of
-    bytes between the pieces of split tensors (or of tensors not aligned to their dtype),
-    which go straight into their tensor's own buffer instead. CRC32C is checked on the
-    bytes as they arrive.
+    adjacent whole tensors, while the pieces of split tensors (or of tensors not aligned to
+    their dtype) go straight into their tensor's own buffer, and the bytes of no tensor
+    asked for through a scratch buffer. CRC32C is checked on the bytes as they arrive.
     """
     if framework not in FRAMEWORKS:
         raise UsageError(f"framework={framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     vdir = catalog.version_dir(manifest.name, manifest.version)
-    # Split or misaligned tensors: (begin, name, position in the tensor, length) per shard.
+    # Split or misaligned tensors: (begin, name, position in the tensor, length) per shard;
+    # the other tensors' spans, whose runs get one buffer each.
     pieces: dict[str, list[tuple[int, str, int, int]]] = {s.path: [] for s in manifest.shards}
+    spans: dict[str, list[tuple[int, int]]] = {s.path: [] for s in manifest.shards}
     for name, t in manifest.tensors.items():
         if t.is_split or t.pieces[0].begin % t.dtype.itemsize:
             pos = 0
             for p in t.pieces:
                 pieces[p.shard].append((p.begin, name, pos, p.end - p.begin))
                 pos += p.end - p.begin
+        else:
+            spans[t.pieces[0].shard].append((t.pieces[0].begin, t.pieces[0].end))
     own: dict[str, np.ndarray] = {}
     own_lock = threading.Lock()
 
@@ -75,7 +81,7 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
     def read(shard: ShardRecord, progress: Progress) -> None:
         into = [(b, own_view(name)[pos:pos + n]) for b, name, pos, n in pieces[shard.path]]
         # Offset by lo % 8 in a page-aligned buffer: each tensor as aligned as in the file.
-        got = [(lo, _fresh(hi - lo + lo % 8)[lo % 8:]) for lo, hi in uncovered(into, shard.size)]
+        got = [(lo, _fresh(hi - lo + lo % 8)[lo % 8:]) for lo, hi in _runs(spans[shard.path])]
         read_stream(catalog.fs, posixpath.join(vdir, shard.path), shard, model=_key(manifest),
                     into=[*into, *((lo, memoryview(b)) for lo, b in got)], progress=progress)
         runs[shard.path] = got
@@ -92,6 +98,17 @@ def load(catalog: Catalog, manifest: Manifest, *, framework: str, workers: int) 
         shard_runs = runs[p.shard]
         lo, buf = shard_runs[bisect.bisect_right(shard_runs, p.begin, key=lambda r: r[0]) - 1]
         out[name] = convert(buf[p.begin - lo:p.end - lo], t)
+    return out
+
+
+def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The byte ranges ``spans`` joined where they touch (or overlap), in order."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
     return out
 
 
@@ -130,9 +147,11 @@ def _as_torch(raw: np.ndarray, t: TensorRecord) -> Any:
 
 
 # -- into a folder -------------------------------------------------------------------------
-def export(catalog: Catalog, manifest: Manifest, dest: str, *, workers: int) -> str:
+def export(catalog: Catalog, manifest: Manifest, dest: str, *, workers: int, optimizer_state: bool) -> str:
     """Write the version to the new or empty folder ``dest`` as safetensors files plus
-    ``model.safetensors.index.json``; the folder appears complete or not at all."""
+    ``model.safetensors.index.json``; the folder appears complete or not at all. Without
+    ``optimizer_state``, the files hold the model's tensors only (those of
+    :meth:`~Manifest.without_optimizer_state`)."""
     fs, path = get_fs(dest)
     path = path.rstrip("/") or "/"
     existed = fs.exists(path)
@@ -141,7 +160,8 @@ def export(catalog: Catalog, manifest: Manifest, dest: str, *, workers: int) -> 
                                  "folder")
     tmp = f"{path}.partial-{uuid.uuid4().hex}"
     try:
-        _export_into(catalog, manifest, fs, tmp, workers=workers)
+        _export_into(catalog, manifest, manifest if optimizer_state else manifest.without_optimizer_state(),
+                     fs, tmp, workers=workers)
         if existed:
             fs.delete(path)
         fs.rename(tmp, path)  # tmp is a sibling: the parent exists
@@ -151,17 +171,20 @@ def export(catalog: Catalog, manifest: Manifest, dest: str, *, workers: int) -> 
     return fs.uri(path)
 
 
-def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str, *,
+def _export_into(catalog: Catalog, manifest: Manifest, kept: Manifest, fs: FileSystem, tmp: str, *,
                  workers: int) -> None:
+    """Write the tensors of ``kept`` (``manifest`` or a part of it) into the folder ``tmp``."""
     files: dict[str, list[str]] = {}
-    for name, file in manifest.weight_map.items():
+    for name, file in kept.weight_map.items():
         files.setdefault(file, []).append(name)
     # A stored shard holding exactly one output file's whole tensors is copied as it is; the
-    # others are copied aside and their tensors rewritten into the output files.
-    pieces: dict[str, list[tuple[str, bool]]] = {s.path: [] for s in manifest.shards}
+    # others (those holding tensors left out too) are copied aside and their tensors
+    # rewritten into the output files.
+    pieces: dict[str, list[tuple[str, bool]]] = {s.path: [] for s in kept.shards}
     for name, t in manifest.tensors.items():
         for p in t.pieces:
-            pieces[p.shard].append((name, t.is_split))
+            if p.shard in pieces:
+                pieces[p.shard].append((name, t.is_split))
     copies = {}
     for path, held in pieces.items():
         file = posixpath.basename(path)
@@ -178,17 +201,17 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
                         sink=out.write, progress=progress)
 
     desc = f"pull {manifest.name}@{manifest.version}"
-    run_all(copy, manifest.shards, workers=workers, total=_size(manifest.shards), desc=desc)
+    run_all(copy, kept.shards, workers=workers, total=_size(kept.shards), desc=desc)
     rebuild = sorted(f for f in files if posixpath.join(tmp, f) not in copies.values())
 
     def build(file: str, progress: Progress) -> None:
-        names = sorted(files[file], key=lambda n: (-manifest.tensors[n].dtype.itemsize, n))
-        items = [ShardItem(n, manifest.tensors[n].dtype, manifest.tensors[n].shape,
-                           _piece_reader(fs, copies, manifest.tensors[n])) for n in names]
+        names = sorted(files[file], key=lambda n: (-kept.tensors[n].dtype.itemsize, n))
+        items = [ShardItem(n, kept.tensors[n].dtype, kept.tensors[n].shape,
+                           _piece_reader(fs, copies, kept.tensors[n])) for n in names]
         with fs.open_write(posixpath.join(tmp, file)) as out:
             write_shard(out, items, progress)
 
-    total = sum(manifest.tensors[n].nbytes for f in rebuild for n in files[f])
+    total = sum(kept.tensors[n].nbytes for f in rebuild for n in files[f])
     run_all(build, rebuild, workers=workers, total=total, desc=desc)
     fs.delete(posixpath.join(tmp, ".stored"), recursive=True)
 
@@ -199,7 +222,7 @@ def _export_into(catalog: Catalog, manifest: Manifest, fs: FileSystem, tmp: str,
 
     assets = list(manifest.assets.values())
     run_all(asset, assets, workers=workers, total=sum(a.size for a in assets), desc=desc)
-    fs.write_bytes(posixpath.join(tmp, INDEX), json.dumps(manifest.hf_index(), indent=2,
+    fs.write_bytes(posixpath.join(tmp, INDEX), json.dumps(kept.hf_index(), indent=2,
                                                           ensure_ascii=False).encode("utf-8"))
 
 

@@ -62,6 +62,19 @@ _ASSET_PART = r"[^/\\\x00-\x1f\x7f:.][^/\\\x00-\x1f\x7f:]{0,254}"
 _ASSET_NAME = re.compile(rf"(?:{_ASSET_PART}/){{0,7}}{_ASSET_PART}")
 
 
+# The optimizers' state that training stores beside each parameter (mr_train, issue 12): the
+# splits' averaged SGD momentum and the outer optimizer's momentum. Part of the version, so
+# that training resumes exactly, but not of the model. A torch state-dict key never holds
+# ':', so no parameter is named like them.
+INNER_MOMENTUM = "inner_momentum:"
+OUTER_MOMENTUM = "outer_momentum:"
+
+
+def is_optimizer_state(name: str) -> bool:
+    """Whether tensor ``name`` is a training optimizer's state rather than the model's."""
+    return name.startswith((INNER_MOMENTUM, OUTER_MOMENTUM))
+
+
 def check_asset_name(name: object) -> str:
     """A name an asset may have; ValueError otherwise (e.g. one a pulled folder's weights
     use: an asset never replaces a shard file or the index in the folder ``pull`` writes)."""
@@ -147,6 +160,20 @@ class Manifest:
             for p in t.pieces:
                 out[p.shard][p.key] = (t.dtype.name, p.begin, p.end)
         return out
+
+    def without_optimizer_state(self) -> Manifest:
+        """This version as the model alone: the optimizer state's tensors (and any shard
+        that holds nothing else) left out; the shards' records are unchanged, so the
+        shards still hold the state's bytes. ``self`` if there is none::
+
+            m.without_optimizer_state().tensors   # what load_state_dict() returns
+        """
+        keep = {n: t for n, t in self.tensors.items() if not is_optimizer_state(n)}
+        if len(keep) == len(self.tensors):
+            return self
+        used = {p.shard for t in keep.values() for p in t.pieces}
+        return replace(self, shards=tuple(s for s in self.shards if s.path in used), tensors=keep,
+                       weight_map={n: f for n, f in self.weight_map.items() if n in keep})
 
     def hf_index(self) -> dict[str, Any]:
         """The content of ``model.safetensors.index.json`` for the pulled folder."""

@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    'built-in MLP')
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--outer-lr", type=float, default=0.7,
-                   help="outer optimizer's step on the averaged update (1 with --outer-momentum 0: plain averaging)")
-    p.add_argument("--outer-momentum", type=float, default=0.9, help="outer optimizer's Nesterov momentum")
+    p.add_argument("--outer-lr", type=float,
+                   help="outer optimizer's step on the averaged update (default 1: with --outer-momentum 0, "
+                        "plain averaging)")
+    p.add_argument("--outer-momentum", type=float,
+                   help="outer optimizer's Nesterov momentum (default 0)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same weights on every runner")
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--eval", metavar="DATA", help="labelled records to report test accuracy on")
@@ -91,6 +93,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--dtype", help="cast floating-point tensors, e.g. BF16, F16, F32")
     p.add_argument("--alias", action="append", default=[], dest="aliases")
     p.add_argument("--tasks", type=int, default=4, help="map tasks writing the new shards (default 4)")
+    p.add_argument("--with-optimizer-state", action="store_true",
+                   help="keep a trained version's optimizer state (inner_momentum:* and outer_momentum:* "
+                        "tensors, which training resumes from); by default the new version holds the model's "
+                        "tensors only")
     p.set_defaults(run=_reshard)
 
 
@@ -120,7 +126,8 @@ def _train(args: argparse.Namespace) -> Output:
     test = read_labeled(args.eval, args.format) if args.eval else None
     r = train(args.key, args.data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
               init=ModelSpec.from_text(args.init) if args.init else None, fmt=args.format, seed=args.seed,
-              outer=Outer(lr=args.outer_lr, momentum=args.outer_momentum),
+              outer=Outer(**{k: v for k, v in (("lr", args.outer_lr), ("momentum", args.outer_momentum))
+                             if v is not None}),
               test_data=test, out_dir=args.out, trust_code=args.trust_code, **_job_args(args))
     epochs = [e.__dict__ for e in r.epochs]
     last = r.epochs[-1] if r.epochs else None
@@ -149,7 +156,8 @@ def _reshard(args: argparse.Namespace) -> Output:
     from modelshard.jobs.reshard.driver import reshard
 
     m = reshard(args.key, shard_size=args.shard_size, shard_count=args.shards, dtype=args.dtype,
-                tasks=args.tasks, aliases=args.aliases, **_job_args(args))
+                tasks=args.tasks, aliases=args.aliases, with_optimizer_state=args.with_optimizer_state,
+                **_job_args(args))
     return Output({"name": m.name, "version": m.version, "shards": len(m.shards), "total_size": m.total_size},
                   f"resharded {args.key} into {m.name}@{m.version}: {len(m.shards)} shards, "
                   f"{human_bytes(m.total_size)}")

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                        help=f"shards read at once (default {DEFAULT_WORKERS})")
 
-    p = command("load", _load, "load tensors of a version (all by default) and report how")
+    p = command("load", _load, "load tensors of a version (the model's by default: a trained "
+                               "version's optimizer state only by --tensors) and report how")
     tensors(p, "only these tensors")
     cache_options(p)
     p.add_argument("--budget", type=size_arg, default=None,

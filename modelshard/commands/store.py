@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = command("pull", _pull, "write a version to a folder that Hugging Face tools load")
     p.add_argument("key", help="name, name@version or name@alias")
     p.add_argument("dest", help="a new or empty folder")
+    p.add_argument("--with-optimizer-state", action="store_true",
+                   help="also write a trained version's optimizer state (inner_momentum:* and "
+                        "outer_momentum:* tensors; by default only the model's tensors)")
     workers(p)
 
     p = command("ls", _ls, "list the versions of one model or of all")
@@ -103,7 +106,8 @@ def _push(args: argparse.Namespace) -> Output:
 
 
 def _pull(args: argparse.Namespace) -> Output:
-    uri = api.pull(args.key, args.dest, catalog=args.catalog, workers=args.workers)
+    uri = api.pull(args.key, args.dest, catalog=args.catalog, workers=args.workers,
+                   with_optimizer_state=args.with_optimizer_state)
     return Output({"key": args.key, "dest": uri}, f"pulled {args.key} to {uri}")
 
 

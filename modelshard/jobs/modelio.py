@@ -20,7 +20,6 @@ from modelshard.catalog.manifest import Manifest
 from modelshard.errors import UsageError
 from modelshard.jobs.hf import CONFIG
 from modelshard.jobs.models import SPEC_ATTR, ModelSpec, build, factory, load_weights
-from modelshard.jobs.train.reduce_task import is_state
 from modelshard.loading import open as open_model
 from modelshard.loading import open_cache
 
@@ -110,8 +109,8 @@ def load_model(catalog_uri: str, key: str, *, cache_dir: str | None = None, budg
         progress(f"fetching weights of {key}")
     with open_model(key, catalog=catalog, cache_dir=cache_dir or None, fill_cache=bool(cache_dir),
                     budget_bytes=budget_bytes, record_stats=record_stats) as handle:
-        # The outer optimizer's state travels with a trained version; the model has no place for it.
-        state = handle.load_state_dict([n for n in handle.names() if not is_state(n)], framework="torch")
+        # The model's tensors: a trained version's optimizer state stays out by default.
+        state = handle.load_state_dict(framework="torch")
         stats = handle.stats()
     if counter:
         counts = {"model bytes read by range": stats.range_bytes, "model shards local": stats.local_shards,

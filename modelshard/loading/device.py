@@ -545,7 +545,8 @@ def fill_module(handle: ModelHandle, module: Any, *, device: Any = None,
                 sub = module.get_submodule(owner)
                 (sub._parameters if attr in sub._parameters else sub._buffers)[attr] = value
     handle._counters.add(tensors=len(done), bytes_served=served)
-    unexpected = tuple(sorted(set(handle.manifest.tensors) - set(own)))
+    # A trained version's optimizer state is not the model's: no module has a place for it.
+    unexpected = tuple(sorted(set(handle.manifest.without_optimizer_state().tensors) - set(own)))
     return FillReport(tuple(done), tuple(missing), unexpected, served, per_device)
 
 

@@ -95,7 +95,9 @@ class ModelHandle:
                         rows: Mapping[str, tuple[int, int]] | None = None,
                         pool_bytes: int = DEFAULT_POOL_BYTES, workers: int | None = None
                         ) -> dict[str, Any]:
-        """``{name: tensor}`` for ``names`` (None: all), shards read in parallel; ``dtype``
+        """``{name: tensor}`` for ``names`` (None: the model's tensors, all but a trained
+        version's optimizer state, ``inner_momentum:*``, ``outer_momentum:*``, which is read only by name: a
+        strict torch ``load_state_dict`` takes the result), shards read in parallel; ``dtype``
         (``"float16"``, ``"BF16"``, a numpy or torch dtype) converts the floating-point
         tensors only, as Hugging Face's ``torch_dtype`` does; ``rows``: ``{name: (start,
         stop)}`` reads only those rows of those tensors (a tensor-parallel rank's part, see
@@ -110,7 +112,8 @@ class ModelHandle:
             sd = h.load_state_dict(["a", "b"], dtype="bfloat16", framework="torch")
             sd = h.load_state_dict(device="cuda:0")
         """
-        wanted = self.names() if names is None else list(dict.fromkeys(names))
+        wanted = (list(self.manifest.without_optimizer_state().tensors) if names is None
+                  else list(dict.fromkeys(names)))
         cast = None if dtype is None else as_dtype(dtype)
         rows = dict(rows or {})
         for name in rows:

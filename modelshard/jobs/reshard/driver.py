@@ -31,6 +31,7 @@ def reshard(
     runner: str = "inline",
     catalog: str | None = None,
     aliases: Sequence[str] = (),
+    with_optimizer_state: bool = False,
     job_options: dict | None = None,
     overrides: dict[str, str] | None = None,
     python_archive: str | None = None,
@@ -44,13 +45,17 @@ def reshard(
         reshard("bert@3", shard_size=64 << 20, dtype="BF16", runner="hadoop")
 
     With ``shard_count`` the new version has exactly that many shards (UsageError if the
-    model has fewer tensors, or pieces of split tensors, than that).
+    model has fewer tensors, or pieces of split tensors, than that). A trained version's
+    optimizer state (``inner_momentum:*``, ``outer_momentum:*``) is left out (attr ``reshard.optimizer_state``:
+    ``dropped``; training from the new version starts its momentum at zero) unless
+    ``with_optimizer_state``.
     """
     cat = Catalog(catalog)
     check_catalog(runner, cat.uri)
     name, version = cat.resolve(key)
     source = cat.manifest(name, version)
-    size, plans = plan_reshard(source, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
+    kept = source if with_optimizer_state else source.without_optimizer_state()
+    size, plans = plan_reshard(kept, shard_size=shard_size, shard_count=shard_count, dtype=dtype)
 
     def stage(new_version: str, staging: str) -> Manifest:
         with task_inputs(runner, cat.fs, task_plans(plans, tasks=tasks)) as inputs:
@@ -75,6 +80,8 @@ def reshard(
         attrs = {**source.attrs, "reshard.parent": version}
         if dtype:
             attrs["reshard.dtype"] = dtype
+        if kept is not source:
+            attrs["reshard.optimizer_state"] = "dropped"
         assets = carry_assets(cat, source, cat.fs, staging, workers=4)
         return staged_manifest(cat, name, new_version, staging, plans, written, shard_size=size,
                                workers=4, attrs=attrs, assets=assets)

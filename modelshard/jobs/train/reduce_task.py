@@ -10,12 +10,16 @@ every split chunk by chunk, each chunk checked against its CRC32C (:class:`Verif
 averages them weighted by example count, applies the outer optimizer and streams the
 result into the version's shard (:func:`reduce_shard`): it holds a few chunks, not a shard.
 
-The outer optimizer is Nesterov momentum on the averaged update, as local SGD and DiLoCo
-(Douillard et al. 2023) do: with ``delta = old - average``,
-``m = momentum * m + delta`` and ``new = old - lr * (delta + momentum * m)``. Its state
-``m`` is part of the version, as tensors named :data:`MOMENTUM` + parameter name planned
-into the same shard as their parameter, so a run resumed from any version continues it
-exactly. ``lr=1, momentum=0`` is plain averaging.
+The splits' SGD momentum buffers are averaged the same way and kept in the version, as
+tensors named :data:`INNER` + parameter name: each split starts the next epoch with them
+instead of from zero (an epoch is a few SGD steps per split; restarting the momentum each
+epoch is what cost averaging most of its lag behind single-process training,
+docs/benchmarks.md). The outer optimizer is Nesterov momentum on the averaged update, as
+local SGD and DiLoCo (Douillard et al. 2023) do: with ``delta = old - average``,
+``m = momentum * m + delta`` and ``new = old - lr * (delta + momentum * m)``; its state
+``m`` is kept as tensors named :data:`MOMENTUM` + parameter name. ``lr=1, momentum=0``
+(the default) is plain averaging and keeps no ``m``. Both states are planned into the same
+shard as their parameter, so a run resumed from any version continues exactly.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from __future__ import annotations
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from mrjob.compat import jobconf_from_env
 
-from modelshard.catalog.manifest import Manifest, ShardRecord
+from modelshard.catalog.manifest import INNER_MOMENTUM, OUTER_MOMENTUM, Manifest, ShardRecord, is_optimizer_state
 from modelshard.errors import FormatError, UsageError
 from modelshard.fs import get_fs
 from modelshard.jobs.shardio import array_items, write_items
@@ -40,23 +44,17 @@ from modelshard.shards.format import CHUNK, ShardItem
 from modelshard.shards.planner import Piece, ShardPlan, TensorMeta
 from modelshard.verified import VerifiedShard
 
-# A torch state-dict key never holds ':', so no parameter is named like its momentum.
-MOMENTUM = "outer_momentum:"
+INNER, MOMENTUM = INNER_MOMENTUM, OUTER_MOMENTUM
 PIECES_DIR = "pieces"
 FLOATS = {"F64", "F32", "F16", "BF16"}
-
-
-def is_state(name: str) -> bool:
-    """Whether tensor ``name`` is the outer optimizer's state rather than the model's."""
-    return name.startswith(MOMENTUM)
 
 
 @dataclass(frozen=True)
 class Outer:
     """The outer optimizer: Nesterov momentum on the averaged update (see the module)."""
 
-    lr: float = 0.7
-    momentum: float = 0.9
+    lr: float = 1.0
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 < self.lr <= 2 and 0 <= self.momentum < 1):
@@ -76,17 +74,19 @@ class Outer:
 
 def train_plans(manifest: Manifest, *, outer: Outer) -> list[ShardPlan]:
     """The shards of the version that an epoch from ``manifest`` makes: its model tensors
-    planned at its shard size, each floating-point one with its momentum in the same shard
-    (parameters planned at half the size then, so shards keep about the planned size).
-    Every task computes the same plan from the same manifest."""
-    metas = [TensorMeta(n, t.dtype, t.shape) for n, t in manifest.tensors.items() if not is_state(n)]
-    keep = outer.momentum > 0
-    plans = planner.plan(metas, max(1, manifest.shard_size // 2) if keep else manifest.shard_size)
+    planned at its shard size, each floating-point one with its inner momentum (and outer
+    momentum, if ``outer`` has one) in the same shard (parameters planned at a half or a
+    third of the size then, so shards keep about the planned size). Every task computes the
+    same plan from the same manifest."""
+    metas = [TensorMeta(n, t.dtype, t.shape) for n, t in manifest.tensors.items() if not is_optimizer_state(n)]
+    prefixes = (INNER, MOMENTUM) if outer.momentum > 0 else (INNER,)
+    plans = planner.plan(metas, max(1, manifest.shard_size // (1 + len(prefixes))))
     out = []
     for plan in plans:
-        state = [Piece(MOMENTUM + p.name, MOMENTUM + p.key, p.dtype, p.shape, p.rows, p.offset)
-                 for p in plan.pieces if keep and p.dtype.name in FLOATS]
-        # Stable: within a dtype the parameters come first, so a shard is written in one pass.
+        state = [Piece(prefix + p.name, prefix + p.key, p.dtype, p.shape, p.rows, p.offset)
+                 for prefix in prefixes for p in plan.pieces if p.dtype.name in FLOATS]
+        # Stable: within a dtype the parameters come first (the outer momentum last), so a
+        # shard is written in one pass.
         pieces = sorted((*plan.pieces, *state), key=lambda p: -p.dtype.itemsize)
         out.append(ShardPlan(plan.filename, tuple(pieces)))
     return out
@@ -114,18 +114,31 @@ def shard_index(key: str) -> int:
     return int(key.split(":", 1)[0])
 
 
+def from_splits(name: str) -> bool:
+    """Whether the splits write tensor ``name`` (the model's and the inner momentum, which
+    the reducers average), rather than the reducer making it (the outer momentum)."""
+    return not name.startswith(MOMENTUM)
+
+
 # -- task side: mappers ---------------------------------------------------------------------
-def write_pieces(state: dict[str, np.ndarray], plans: Sequence[ShardPlan], staging_uri: str, *,
-                 split: int, count: int) -> list[dict]:
-    """Write this split's trained parameters ``state`` as one piece per planned shard into
-    the staging folder, under a name with this task attempt (a retried attempt never
-    overwrites a piece another attempt reported); the reports, one per shard."""
+def write_pieces(state: Mapping[str, np.ndarray], momentum: Mapping[str, np.ndarray], plans: Sequence[ShardPlan],
+                 staging_uri: str, *, split: int, count: int) -> list[dict]:
+    """Write this split's trained parameters ``state`` and its SGD ``momentum`` buffers (by
+    parameter name; zeros for a tensor without one) as one piece per planned shard into the
+    staging folder, under a name with this task attempt (a retried attempt never overwrites
+    a piece another attempt reported); the reports, one per shard."""
     attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
+
+    def tensor(name: str) -> np.ndarray:
+        if not name.startswith(INNER):
+            return state[name]
+        base = name.removeprefix(INNER)
+        return np.asarray(momentum[base]) if base in momentum else np.zeros_like(state[base])
+
     reports = []
     for plan in plans:
-        pieces = [p for p in plan.pieces if not is_state(p.name)]
-        arrays = [(p.key, state[p.name] if p.rows is None else state[p.name][p.rows[0]:p.rows[1]])
-                  for p in pieces]
+        arrays = [(p.key, tensor(p.name) if p.rows is None else tensor(p.name)[p.rows[0]:p.rows[1]])
+                  for p in plan.pieces if from_splits(p.name)]
         path = posixpath.join(PIECES_DIR, f"{split:05d}-{attempt}", plan.filename)
         w = write_items(staging_uri, path, array_items(arrays), folder="")
         reports.append({"shard": plan.filename, "split": split, "count": count, "path": path,
@@ -146,7 +159,7 @@ class _Piece:
             self.offsets = {k: (int(b), int(e)) for k, (b, e) in report["offsets"].items()}
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"piece report {str(report)[:200]!r} is malformed: {e}") from e
-        want = {p.key: p.nbytes for p in plan.pieces if not is_state(p.name)}
+        want = {p.key: p.nbytes for p in plan.pieces if from_splits(p.name)}
         if {k: e - b for k, (b, e) in self.offsets.items()} != want:
             raise FormatError(f"piece {path} of split {self.split} does not hold the tensors that shard "
                               f"{plan.filename} plans; were the splits trained from another version?")
@@ -214,7 +227,7 @@ def reduce_shard(plan: ShardPlan, reports: Sequence[dict], *, splits: int, paren
             for w, p in zip(weights, pieces, strict=True):
                 # float64 before the weight: a float32 array times a Python float stays float32.
                 acc += np.frombuffer(p.read(piece.key, offset, offset + n), dtype).astype(np.float64) * w
-            if piece.dtype.name not in FLOATS:
+            if piece.dtype.name not in FLOATS or piece.name.startswith(INNER):  # averaged, no outer step
                 return acc.astype(dtype).tobytes()
             a, b = offset // size, (offset + n) // size
             before = old.elements(piece, piece.name, a, b)
@@ -235,7 +248,7 @@ def reduce_shard(plan: ShardPlan, reports: Sequence[dict], *, splits: int, paren
             return spill.read(n)
         return read
 
-    items = [ShardItem(p.key, p.dtype, p.shape, spilled_values(p) if is_state(p.name) else new_values(p))
+    items = [ShardItem(p.key, p.dtype, p.shape, new_values(p) if from_splits(p.name) else spilled_values(p))
              for p in plan.pieces]
     attempt = jobconf_from_env("mapreduce.task.attempt.id") or uuid.uuid4().hex
     filename = f"{plan.filename.removesuffix('.safetensors')}-{attempt}.safetensors"

@@ -59,27 +59,40 @@ def one_thread() -> Iterator[None]:
 
 class StreamTrainer:
     """SGD (momentum 0.9) on records as they come: each record enters a shuffle buffer of
-    ``buffer_bytes`` (of features); once it is full, a random one leaves for the current batch::
+    ``buffer_bytes`` (of features); once it is full, a random one leaves for the current batch.
+    ``momentum``: the momentum buffers to start from, by parameter name (else zeros),
+    replaced in place by those it ends with when it finishes::
 
         t = StreamTrainer(model, lr=0.1, batch_size=32, seed=0)
         for x, y in records:
             t.add(x, y)
         metrics = t.finish()
+        buffers = t.momentum()
     """
 
     def __init__(self, model: nn.Module, *, lr: float, batch_size: int, seed: int,
-                 buffer_bytes: int = SHUFFLE_BUFFER_BYTES) -> None:
+                 buffer_bytes: int = SHUFFLE_BUFFER_BYTES, momentum: dict[str, np.ndarray] | None = None) -> None:
         if batch_size < 1 or buffer_bytes < 1:
             raise UsageError(f"batch size {batch_size}, shuffle buffer {buffer_bytes} bytes: both must be at least 1")
         self.model, self.batch_size, self.buffer_bytes = model, batch_size, buffer_bytes
         self.buffer: int | None = None  # records, once the first one says how big they are
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        self.params = dict(model.named_parameters())
+        self.momentum_out = momentum
+        for name, buffer in (momentum or {}).items():
+            if name in self.params:  # torch's SGD takes a buffer found in its state as its own
+                self.opt.state[self.params[name]]["momentum_buffer"] = torch.tensor(np.asarray(buffer))
         self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
         self.rng = np.random.default_rng(seed)
         self.held: list[tuple[np.ndarray, int]] = []
         self.batch: list[tuple[np.ndarray, int]] = []
         self.metrics = Metrics()
         model.train()
+
+    def momentum(self) -> dict[str, np.ndarray]:
+        """The momentum buffers by parameter name (those that have one), as numpy arrays."""
+        return {name: self.opt.state[p]["momentum_buffer"].detach().numpy().copy()
+                for name, p in self.params.items() if self.opt.state[p].get("momentum_buffer") is not None}
 
     def add(self, x: np.ndarray, y: int) -> None:
         if self.buffer is None:
@@ -96,6 +109,9 @@ class StreamTrainer:
             self._step()
         if not self.metrics.count:
             raise UsageError("training split is empty: every input file must hold at least one valid record")
+        if self.momentum_out is not None:
+            self.momentum_out.clear()
+            self.momentum_out.update(self.momentum())
         return self.metrics
 
     def _take(self) -> None:
@@ -119,18 +135,19 @@ class StreamTrainer:
 
 
 def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str, n_features: int | None,
-               lr: float, batch_size: int, seed: int, epochs: int = 1,
-               buffer_bytes: int = SHUFFLE_BUFFER_BYTES) -> Generator[tuple[str, str], None, Metrics]:
+               lr: float, batch_size: int, seed: int, epochs: int = 1, buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
+               momentum: dict[str, np.ndarray] | None = None) -> Generator[tuple[str, str], None, Metrics]:
     """Train ``model`` in place on one split, read as a stream by ``lines()`` once per
     local epoch; yields ``(reason, line)`` for each bad record (of the first pass) and
-    returns the metrics of the last pass::
+    returns the metrics of the last pass. ``momentum`` (by parameter name): the SGD
+    momentum buffers training starts from, replaced in place by those it ends with::
 
         metrics = yield from train_file(model, lambda: open("part-0.jsonl"), fmt="jsonl", ...)
     """
     metrics = Metrics()
     for epoch in range(epochs):
         trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed * 1009 + epoch,
-                                buffer_bytes=buffer_bytes)
+                                buffer_bytes=buffer_bytes, momentum=momentum)
         for line in lines():
             try:
                 _, x, y = parse_record(line, fmt, n_features=n_features)
@@ -146,10 +163,12 @@ def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str
 
 
 def train_split(model: nn.Module, x: np.ndarray, y: np.ndarray, *, lr: float, batch_size: int,
-                seed: int = 0) -> Metrics:
-    """Train ``model`` in place for one pass over arrays ``x``, ``y``, shuffled whole."""
+                seed: int = 0, momentum: dict[str, np.ndarray] | None = None) -> Metrics:
+    """Train ``model`` in place for one pass over arrays ``x``, ``y``, shuffled whole;
+    ``momentum`` as :func:`train_file` takes it."""
     x = np.asarray(x, dtype=np.float32)
-    trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed, buffer_bytes=max(1, x.nbytes))
+    trainer = StreamTrainer(model, lr=lr, batch_size=batch_size, seed=seed, buffer_bytes=max(1, x.nbytes),
+                            momentum=momentum)
     for xi, yi in zip(x, np.asarray(y), strict=True):
         trainer.add(xi, int(yi))
     return trainer.finish()
