@@ -237,8 +237,8 @@ class Server:
         return _json({"budget_bytes": s.budget_bytes, "bytes_held": s.bytes_held,
                       "pinned_bytes": s.pinned_bytes, "hits": s.hits, "misses": s.misses,
                       "evictions": s.evictions, "bytes_fetched": s.bytes_fetched,
-                      "ready": self.ready, "models": self.pool.models(),
-                      "history": list(self._history)})
+                      "local_reads": s.local_reads, "remote_reads": s.remote_reads,
+                      "ready": self.ready, "models": self.pool.models(), "history": list(self._history)})
 
     async def status_page(self, request: web.Request) -> web.Response:
         page = resources.files("modelshard.serve").joinpath("status.html").read_text()
@@ -293,7 +293,10 @@ class _PoolCollector:
                                   ("shard_misses", s.misses, "Shard acquisitions that fetched"),
                                   ("shard_evictions", s.evictions, "Shards evicted for room"),
                                   ("shard_bytes_fetched", s.bytes_fetched, "Shard bytes fetched"),
-                                  ("shard_idle_releases", s.idle_releases, "Shards freed when idle")):
+                                  ("shard_idle_releases", s.idle_releases, "Shards freed when idle"),
+                                  ("shard_local_reads", s.local_reads,
+                                   "Shards fetched from this node (preload cache, a block replica here)"),
+                                  ("shard_remote_reads", s.remote_reads, "Shards fetched over the network")):
             yield CounterMetricFamily(f"modelshard_{name}", what, value=value)
         for name, value, what in (("bytes_held", s.bytes_held, "Shard bytes in memory or being fetched"),
                                   ("budget_bytes", s.budget_bytes, "The memory budget"),

@@ -100,6 +100,9 @@ def test_replicas_placed_near_a_model_run_on_its_host_and_restart(hdfs_root):
         for r in replicas:
             got = predict(f"http://{r['host']}:{r['port']}", "near@prod", x)
             assert got["predictions"] == want
+            with urllib.request.urlopen(f"http://{r['host']}:{r['port']}/v1/status", timeout=30) as resp:
+                status = json.loads(resp.read())
+            assert (status["local_reads"], status["remote_reads"]) == (1, 0)  # its pinned shard, from here
         # Its process killed: started again in its container, so on the same host.
         victim = replicas[0]
         os.kill(victim["pid"], signal.SIGKILL)

@@ -82,6 +82,9 @@ def test_predict_models_health_and_metrics(cat):
         assert 'modelshard_requests_total{code="200",model="a@prod"} 1.0' in text
         assert 'modelshard_request_seconds_count{model="a@prod"} 1.0' in text
         assert re.search(r"^modelshard_shard_misses_total 1\.0$", text, re.M)
+        # A local catalog's file is on this node's disk.
+        assert re.search(r"^modelshard_shard_local_reads_total 1\.0$", text, re.M)
+        assert re.search(r"^modelshard_shard_remote_reads_total 0\.0$", text, re.M)
         assert re.search(r"^modelshard_budget_bytes 1\.6777216e\+07$", text, re.M)
         server.ready = False
         async with s.get(f"{url}/readyz") as r:
