@@ -85,8 +85,7 @@ export PYTHONPATH="$PWD/code" %(replica_env)s="$mapreduce_task_id" %(split_env)s
 for ((restart = 0; ; restart++)); do
   env/bin/python -m modelshard serve --host "$NM_HOST" %(args)s </dev/null && rc=0 || rc=$?
   if ((restart >= %(restarts)d)); then exit $((rc ? rc : 1)); fi
-  echo "modelshard serve ended (status $rc); starting it again in this container" \
-    "($((restart + 1)) of %(restarts)d)" >&2
+  echo "modelshard serve ended (status $rc); again in this container ($((restart + 1)) of %(restarts)d)" >&2
   sleep 2
 done
 """
