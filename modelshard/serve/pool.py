@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import posixpath
 import threading
 import time
@@ -410,7 +411,15 @@ def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
     """The torch tensor of ``t`` over the held buffers: a view, or (a tensor split across
     shards) the pieces joined."""
     parts = [memoryview(bufs[p.shard])[p.begin:p.end] for p in t.pieces]
-    raw = parts[0] if len(parts) == 1 else bytearray(b"".join(parts))
+    if len(parts) == 1:
+        return convert(parts[0], t.dtype, t.shape, "torch", None)
+    # Joined once per batch, in memory of its own (one copy; freed to the system after the
+    # batch, not left in the allocator's heap as MiBs of holes).
+    raw = mmap.mmap(-1, sum(len(p) for p in parts))
+    pos = 0
+    for part in parts:
+        raw[pos:pos + len(part)] = part
+        pos += len(part)
     return convert(raw, t.dtype, t.shape, "torch", None)
 
 
