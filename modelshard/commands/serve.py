@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          help="answer within this long or give 504 (default 30s)")
     options.add_argument("--max-concurrency", type=int, default=64,
                          help="requests in flight per model before 429 (default 64)")
-    options.add_argument("--workers", type=int, default=4, help="threads running batches")
+    options.add_argument("--workers", type=int, default=4,
+                         help="batches running at once (others may fetch their shards meanwhile)")
     options.add_argument("--trust-code", action="store_true",
                          help="build a model factory that is not registered (as for predict)")
 

@@ -290,11 +290,17 @@ class ModelPool:
                 output: str = "class") -> list[tuple[str, Any]]:
         """Run ``records`` (JSON objects as ``predict``'s JSON lines hold them) through version
         ``target``, as one batch; per record ``("ok", value)`` or ``("bad", reason)``."""
+        with self.hold(target) as held:
+            return self.run(held, records, inputs=inputs, output=output)
+
+    def run(self, held: Held, records: Sequence[dict], *, inputs: str = "features",
+            output: str = "class") -> list[tuple[str, Any]]:
+        """Run ``records`` through the version that ``held`` (from :meth:`hold`) holds, as
+        :meth:`predict` does."""
         from modelshard.serve.runner import runner_for
 
-        with self.hold(target) as held:
-            runner = runner_for(self, self._versions[target])
-            return runner.run(held.tensors, records, inputs=inputs, output=output)
+        return runner_for(self, self._versions[held.key]).run(held.tensors, records, inputs=inputs,
+                                                              output=output)
 
     def _admit(self, target: str) -> _Version:
         deadline = time.monotonic() + self.wait_timeout_s

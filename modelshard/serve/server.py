@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _STATUS = {NotFoundError: 404, TooLargeError: 507, UsageError: 400, UnavailableError: 503}
 _HISTORY = 300  # status samples kept (one a second)
+_WAITING = 16  # batches that may wait for room or fetch their shards at once, besides those running
 
 
 class BadRecords(UsageError):
@@ -82,7 +84,8 @@ class Server:
         self.pool = pool
         self.max_records, self.timeout_s, self.max_concurrency = max_records, timeout_s, max_concurrency
         self.ready = False
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="modelshard-serve")
+        self._executor = ThreadPoolExecutor(workers + _WAITING, thread_name_prefix="modelshard-serve")
+        self._running_batches = threading.BoundedSemaphore(workers)
         self._pending: dict[tuple[str, str, str], list[tuple[list, asyncio.Future]]] = {}
         self._running: set[tuple[str, str, str]] = set()
         self._in_flight: dict[str, int] = {}
@@ -214,8 +217,7 @@ class Server:
                 self._batch.observe(len(merged))
                 try:
                     results = await loop.run_in_executor(
-                        self._executor, functools.partial(self.pool.predict, target, merged,
-                                                          inputs=inputs, output=output))
+                        self._executor, functools.partial(self._run_batch, target, merged, inputs, output))
                 except Exception as e:  # every request of the batch gets the error
                     for _, fut in waiting:
                         if not fut.done():
@@ -228,6 +230,13 @@ class Server:
                     pos += len(records)
         finally:
             self._running.discard(batch_key)
+
+    def _run_batch(self, target: str, records: list, inputs: str, output: str) -> list:
+        """One batch (on an executor thread): admitted and its shards fetched first, then run
+        as one of at most ``workers`` at once, so that a batch waiting for room or for its
+        shards never keeps one whose shards are in memory from running."""
+        with self.pool.hold(target) as held, self._running_batches:
+            return self.pool.run(held, records, inputs=inputs, output=output)
 
     async def models(self, request: web.Request) -> web.Response:
         return _json({"budget_bytes": self.pool.budget_bytes, "models": self.pool.models()})
