@@ -281,6 +281,8 @@ def main() -> None:
     if args.duration:
         fixed_rate(args, sizes, names)
         return
+    if not args.rounds:  # only the models pushed
+        return
     sources = args.sources.split(",")
     if "cache" in sources:
         if not args.cache_dir:
