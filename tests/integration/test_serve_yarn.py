@@ -80,7 +80,7 @@ def test_replicas_placed_near_a_model_run_on_its_host_and_restart(hdfs_root):
     model = push_mlp(catalog, "near", [64, 32, 10])
     push_mlp(catalog, "other", [64, 16, 10], seed=1)
     managers = yarn.nodemanager_hosts()
-    assert managers and len(managers) >= 2, managers
+    assert managers, "no NodeManager running"
     cat = Catalog(catalog)
     name, version = cat.resolve("near@prod")
     (shard,) = cat.manifest(name, version).shards
