@@ -286,6 +286,13 @@ class ModelPool:
             raise failure
         return bufs
 
+    def in_memory(self, target: str) -> bool:
+        """Whether every shard of version ``target`` is in memory now (it may not be a
+        moment later)."""
+        with self._cond:
+            v = self._versions.get(target)
+        return v is not None and all(self.scheduler.contains(r) for r in v.refs.values())
+
     def predict(self, target: str, records: Sequence[dict], *, inputs: str = "features",
                 output: str = "class") -> list[tuple[str, Any]]:
         """Run ``records`` (JSON objects as ``predict``'s JSON lines hold them) through version

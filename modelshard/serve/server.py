@@ -86,6 +86,7 @@ class Server:
         self.ready = False
         self._executor = ThreadPoolExecutor(workers + _WAITING, thread_name_prefix="modelshard-serve")
         self._running_batches = threading.BoundedSemaphore(workers)
+        self._fetching = threading.BoundedSemaphore(workers)
         self._pending: dict[tuple[str, str, str], list[tuple[list, asyncio.Future]]] = {}
         self._running: set[tuple[str, str, str]] = set()
         self._in_flight: dict[str, int] = {}
@@ -232,11 +233,15 @@ class Server:
             self._running.discard(batch_key)
 
     def _run_batch(self, target: str, records: list, inputs: str, output: str) -> list:
-        """One batch (on an executor thread): admitted and its shards fetched first, then run
-        as one of at most ``workers`` at once, so that a batch waiting for room or for its
-        shards never keeps one whose shards are in memory from running."""
-        with self.pool.hold(target) as held, self._running_batches:
-            return self.pool.run(held, records, inputs=inputs, output=output)
+        """One batch (on an executor thread). One whose shards are not all in memory is
+        admitted and fetches them as one of at most ``workers`` such batches at once (no
+        more models half-fetched and held than ``workers``); then it runs as one of at most
+        ``workers`` at once. A batch whose shards are in memory never waits behind fetches."""
+        with contextlib.ExitStack() as stack:
+            with contextlib.nullcontext() if self.pool.in_memory(target) else self._fetching:
+                held = stack.enter_context(self.pool.hold(target))
+            with self._running_batches:
+                return self.pool.run(held, records, inputs=inputs, output=output)
 
     async def models(self, request: web.Request) -> web.Response:
         return _json({"budget_bytes": self.pool.budget_bytes, "models": self.pool.models()})
