@@ -95,21 +95,26 @@ def test_replicas_placed_near_a_model_run_on_its_host_and_restart(hdfs_root):
     app = json.loads(out.stdout)
     try:
         replicas = app["replicas"]
-        # Both on the one NodeManager host that holds the model's blocks.
-        assert [(r["host"], r["local"], r["near"]) for r in replicas] == [(host, True, [host])] * 2
+        # On the one NodeManager host that holds the model's blocks: a preference, which the
+        # scheduler relaxes after 2 missed opportunities (that host busy): at least one there,
+        # and each says truly whether it is.
+        assert [(r["local"], r["near"]) for r in replicas] == [(r["host"] == host, [host]) for r in replicas]
+        assert any(r["host"] == host for r in replicas), replicas
+        print(f"replicas on {[r['host'] for r in replicas]}, the model's block on {host}")
         for r in replicas:
             got = predict(f"http://{r['host']}:{r['port']}", "near@prod", x)
             assert got["predictions"] == want
             with urllib.request.urlopen(f"http://{r['host']}:{r['port']}/v1/status", timeout=30) as resp:
                 status = json.loads(resp.read())
-            assert (status["local_reads"], status["remote_reads"]) == (1, 0)  # its pinned shard, from here
+            # Its pinned shard, read from this node or over the network.
+            assert (status["local_reads"], status["remote_reads"]) == ((1, 0) if r["local"] else (0, 1))
         # Its process killed: started again in its container, so on the same host.
         victim = replicas[0]
         os.kill(victim["pid"], signal.SIGKILL)
         now = wait_for(svc, catalog, 2, lambda rs: any(r["replica"] == victim["replica"] and r["pid"] != victim["pid"]
                                                        for r in rs), "not restarted in its container")
         (back,) = [r for r in now if r["replica"] == victim["replica"]]
-        assert (back["container"], back["host"], back["local"]) == (victim["container"], host, True)
+        assert [back[k] for k in ("container", "host", "local")] == [victim[k] for k in ("container", "host", "local")]
         assert predict(f"http://{back['host']}:{back['port']}", "near@prod", x)["predictions"] == want
         # Its container killed: YARN starts a new attempt of the task in a new container.
         victim = back
@@ -122,7 +127,9 @@ def test_replicas_placed_near_a_model_run_on_its_host_and_restart(hdfs_root):
         assert predict(f"http://{back['host']}:{back['port']}", "other@prod", x)["model"] == "other@1"
         listed = cli("serve-yarn", "list", svc, "--catalog", catalog)
         assert listed.returncode == 0, listed.stderr
-        assert f"http://{host}:{replicas[1]['port']}  on a host holding its models' blocks" in listed.stdout
+        other = replicas[1]
+        assert f"http://{other['host']}:{other['port']}  " + (
+            "on a host holding its models' blocks" if other["local"] else "not on the hosts") in listed.stdout
         print(f"placed on {host}; after the container was killed: {back['host']}")
     finally:
         stopped = cli("serve-yarn", "stop", svc, "--catalog", catalog)
