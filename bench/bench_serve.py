@@ -15,10 +15,16 @@ request trace per round; medians reported):
 * ``unlimited``: every model fits (budget = all the bytes), measured once warm.
 
 Per mode: p50/p99 latency, requests/s, bytes fetched and peak bytes held during the measured
-requests. ``--duration S`` instead runs the fixed-rate load test (``--rate`` requests/s on the
+requests. ``--sources hdfs,cache`` runs every mode twice per round: reading the shards from
+HDFS, and through a node-local preload cache in ``--cache-dir`` (filled with every model
+before the rounds, as ``modelshard preload`` fills a serving node's; the same cache for
+every mode, and the same memory budget: the cache is disk, the budget is the process's
+memory). ``--duration S`` instead runs the fixed-rate load test (``--rate`` requests/s on the
 shared server for S seconds), sampling the server's RSS and bytes held every second.
 
     python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --rounds 3
+    python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --sources hdfs,cache \
+        --cache-dir /tmp/bench-serve-cache --rounds 3
     python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --duration 600 --rate 40
 """
 
@@ -74,10 +80,12 @@ def push_models(catalog: str, widths: list[int], shard_mb: int) -> dict[str, int
 
 def run_server(args: argparse.Namespace) -> None:
     """The server process of one run (``server`` subcommand)."""
+    from modelshard.loading import open_cache
     from modelshard.serve import ModelPool, Server, serve
 
+    cache = open_cache(args.cache_dir, None) if args.cache_dir else None
     pool = ModelPool(args.catalog, budget_bytes=args.budget, max_models=args.max_models,
-                     wait_timeout_s=600)
+                     wait_timeout_s=600, cache=cache)
     server = Server(pool, max_concurrency=1024, workers=args.workers, timeout_s=600)
 
     def listening(host: str, port: int) -> None:
@@ -88,13 +96,15 @@ def run_server(args: argparse.Namespace) -> None:
     asyncio.run(serve(server, port=0, on_listening=listening))
 
 
-def start_server(catalog: str, budget: int, max_models: int | None, workers: int, tag: str
-                 ) -> tuple[subprocess.Popen, str]:
+def start_server(catalog: str, budget: int, max_models: int | None, workers: int, tag: str,
+                 cache_dir: str | None = None) -> tuple[subprocess.Popen, str]:
     port_file = f"/tmp/bench-serve-{os.getpid()}-{tag}.port"
     cmd = [sys.executable, __file__, "server", "--catalog", catalog, "--budget", str(budget),
            "--workers", str(workers), "--port-file", port_file]
     if max_models is not None:
         cmd += ["--max-models", str(max_models)]
+    if cache_dir:
+        cmd += ["--cache-dir", cache_dir]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     deadline = time.monotonic() + 120
     while not os.path.exists(port_file):
@@ -189,7 +199,8 @@ def peak_sampler(proc: subprocess.Popen, url: str, out: dict) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list[str]) -> dict:
+def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list[str],
+            cache_dir: str | None = None) -> dict:
     total = sum(sizes.values())
     budget = total // 4
     max_models = None
@@ -199,15 +210,17 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
         max_models, budget = 0, total
     elif mode == "unlimited":
         budget = total
-    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode)
+    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode, cache_dir)
     try:
         asyncio.run(load(url, warm, clients=args.clients))  # warm-up, not measured
+        load_before = os.getloadavg()[0]
         peaks: dict = {}
         peak_sampler(proc, url, peaks)
         result = asyncio.run(load(url, trace, clients=args.clients))
         peaks["stop"] = True
-        result.update(mode=mode, budget=budget, max_models=max_models,
-                      peak_held=peaks.get("peak_held", 0), peak_rss=peaks.get("peak_rss", 0))
+        result.update(mode=mode, source="cache" if cache_dir else "hdfs", budget=budget,
+                      max_models=max_models, peak_held=peaks.get("peak_held", 0),
+                      peak_rss=peaks.get("peak_rss", 0), loadavg=(load_before + os.getloadavg()[0]) / 2)
         return result
     finally:
         proc.terminate()
@@ -236,6 +249,7 @@ def main() -> None:
     s.add_argument("--max-models", type=int)
     s.add_argument("--workers", type=int, default=4)
     s.add_argument("--port-file", required=True)
+    s.add_argument("--cache-dir")
     p.add_argument("--catalog", default="hdfs:///user/root/bench-serve")
     p.add_argument("--models", type=int, default=20)
     p.add_argument("--min-mb", type=float, default=2.0)
@@ -248,6 +262,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--sources", default="hdfs", help="hdfs, cache or both (hdfs,cache): where shards are read")
+    p.add_argument("--cache-dir", help="the node-local preload cache for --sources cache")
     p.add_argument("--duration", type=float, help="run the fixed-rate load test for this many seconds")
     p.add_argument("--rate", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0)
@@ -265,30 +281,54 @@ def main() -> None:
     if args.duration:
         fixed_rate(args, sizes, names)
         return
-    runs: dict[str, list[dict]] = {m: [] for m in args.modes.split(",")}
+    if not args.rounds:  # only the models pushed
+        return
+    sources = args.sources.split(",")
+    if "cache" in sources:
+        if not args.cache_dir:
+            raise SystemExit("--sources cache needs --cache-dir")
+        from modelshard.loading import preload
+
+        for name in names:
+            preload(f"{name}@prod", catalog=args.catalog, cache_dir=args.cache_dir)
+    runs: dict[tuple[str, str], list[dict]] = {(src, m): [] for src in sources for m in args.modes.split(",")}
     for r in range(args.rounds):
         trace = zipf_keys(names, args.requests, args.alpha, args.seed + 1 + r)
         warm = zipf_keys(names, args.warmup, args.alpha, args.seed + 101 + r)
-        if "unlimited" in runs:
-            warm_all = names + warm
-        for mode in runs:
-            res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm)
-            runs[mode].append(res)
+        warm_all = names + warm
+        for src, mode in runs:
+            res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm,
+                          args.cache_dir if src == "cache" else None)
+            runs[src, mode].append(res)
             print(json.dumps({"round": r, **res}), flush=True)
-    print("\n| server | p50 ms | p99 ms | req/s | MiB fetched | peak MiB held | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| source | server | p50 ms | p99 ms | req/s | MiB fetched | peak MiB held | hit rate | errors "
+          "| load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     med = {}
-    for mode, results in runs.items():
-        med[mode] = {k: statistics.median(x[k] for x in results)
-                     for k in ("p50_ms", "p99_ms", "req_per_s", "bytes_fetched", "peak_held")}
+    for (src, mode), results in runs.items():
+        med[src, mode] = m = {k: statistics.median(x[k] for x in results)
+                              for k in ("p50_ms", "p99_ms", "req_per_s", "bytes_fetched", "peak_held",
+                                        "hit_rate", "loadavg")}
         errors = sum(x["errors"] for x in results)
-        m = med[mode]
-        print(f"| {mode} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['req_per_s']:.1f} | "
-              f"{m['bytes_fetched'] / 2**20:.0f} | {m['peak_held'] / 2**20:.0f} | {errors} |")
-    if "shared" in med and "lru-models" in med:
-        print(f"\np99 shared / lru-models: {med['shared']['p99_ms'] / med['lru-models']['p99_ms']:.2f}")
-    if "shared" in med and "unlimited" in med:
-        print(f"req/s shared / unlimited: {med['shared']['req_per_s'] / med['unlimited']['req_per_s']:.2f}")
+        print(f"| {src} | {mode} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['req_per_s']:.1f} | "
+              f"{m['bytes_fetched'] / 2**20:.0f} | {m['peak_held'] / 2**20:.0f} | {m['hit_rate']:.2f} | "
+              f"{errors} | {m['loadavg']:.1f} |")
+    for src in sources:
+        if (src, "shared") in med and (src, "lru-models") in med:
+            print(f"{src}: p99 shared / lru-models: "
+                  f"{med[src, 'shared']['p99_ms'] / med[src, 'lru-models']['p99_ms']:.2f}")
+        if (src, "shared") in med and (src, "unlimited") in med:
+            print(f"{src}: req/s shared / unlimited: "
+                  f"{med[src, 'shared']['req_per_s'] / med[src, 'unlimited']['req_per_s']:.2f}")
+
+
+def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
+    """The largest RSS sample (MiB) of each minute of ``(time, bytes held, rss)`` samples."""
+    out: dict[int, int] = {}
+    for t, _, rss in series:
+        minute = int((t - series[0][0]) // 60)
+        out[minute] = max(out.get(minute, 0), rss)
+    return [round(out[m] / 2**20) for m in sorted(out)]
 
 
 def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
@@ -306,7 +346,8 @@ def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
         res.update(budget=total // 4, peak_held=samples.get("peak_held", 0), rss_first=rss[0] if rss else 0,
                    rss_max=max(rss) if rss else 0, rss_last=rss[-1] if rss else 0,
                    rss_first_minute_max=max((x[2] for x in series if x[0] - series[0][0] < 60), default=0),
-                   rss_last_minute_max=max((x[2] for x in series if series[-1][0] - x[0] < 60), default=0))
+                   rss_last_minute_max=max((x[2] for x in series if series[-1][0] - x[0] < 60), default=0),
+                   rss_mib_per_minute=per_minute_max(series))
         print(json.dumps(res), flush=True)
     finally:
         proc.terminate()

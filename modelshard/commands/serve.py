@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          help="answer within this long or give 504 (default 30s)")
     options.add_argument("--max-concurrency", type=int, default=64,
                          help="requests in flight per model before 429 (default 64)")
-    options.add_argument("--workers", type=int, default=4, help="threads running batches")
+    options.add_argument("--workers", type=int, default=4,
+                         help="batches running at once (others may fetch their shards meanwhile)")
     options.add_argument("--trust-code", action="store_true",
                          help="build a model factory that is not registered (as for predict)")
 
@@ -57,7 +58,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("--memory-mb", type=int, default=None,
                    help="container memory (default: the budget plus 1.5 GiB for Python and torch)")
     s.add_argument("--port", type=int, default=0, help="port on each node (default 0: any free one)")
-    s.add_argument("--retries", type=int, default=10, help="restarts of each replica")
+    s.add_argument("--near", action="append", default=None, metavar="NAME@ALIAS",
+                   help="prefer the hosts that hold this model's blocks (repeatable; default: the --pin "
+                        "models; 'none': anywhere)")
+    s.add_argument("--retries", type=int, default=10,
+                   help="restarts of each replica's process in its container, and new containers for it")
     s.add_argument("--python-archive", metavar="URI", help="task environment to use (as for the jobs)")
     s.add_argument("--wait", type=duration_arg, default=600.0, metavar="DURATION",
                    help="wait this long for every replica to be ready (0: do not wait)")
@@ -82,11 +87,10 @@ def _pool(args: argparse.Namespace):  # noqa: ANN202 - the serve module loads to
 def _serve(args: argparse.Namespace) -> Output:
     import asyncio
     import logging
-    import os
 
     from modelshard.serve import Server, serve
     from modelshard.serve import registry as reg
-    from modelshard.serve.yarn import REPLICA_ENV
+    from modelshard.serve.yarn import replica_info
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -99,8 +103,7 @@ def _serve(args: argparse.Namespace) -> Output:
         where.update(host=host, port=port)
         print(f"modelshard serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
         if args.registry:
-            reg.register(args.registry, host, port, container=os.environ.get("CONTAINER_ID"),
-                         replica=os.environ.get(REPLICA_ENV))
+            reg.register(args.registry, host, port, **replica_info())
 
     def stopping() -> None:
         if args.registry and where:
@@ -134,21 +137,31 @@ def _yarn_start(args: argparse.Namespace) -> Output:
     from modelshard.serve import yarn
 
     memory_mb = args.memory_mb or (args.budget >> 20) + 1536
+    near = args.pin if args.near is None else [k for k in args.near if k != "none"]
     app = yarn.start(args.name, _serve_argv(args), catalog=args.catalog, replicas=args.replicas,
-                     memory_mb=memory_mb, port=args.port, retries=args.retries,
+                     memory_mb=memory_mb, port=args.port, retries=args.retries, near=near,
                      python_archive=args.python_archive, wait_s=args.wait,
                      echo=lambda line: print(line, file=sys.stderr, flush=True))
     lines = [f"{app.application_id}: {len(app.replicas)} replicas ready"]
-    lines += [f"  http://{r['host']}:{r['port']}" for r in app.replicas]
+    lines += [f"  {_where(r)}" for r in app.replicas]
     return Output(app.to_dict(), "\n".join(lines))
+
+
+def _where(replica: dict) -> str:
+    """``http://host:port``, whether its node holds the blocks it was placed by, its container."""
+    place = ""
+    if "local" in replica:
+        place = ("on a host holding its models' blocks" if replica["local"]
+                 else f"not on the hosts holding its models' blocks ({', '.join(replica.get('near', []))})")
+    return "  ".join(x for x in (f"http://{replica['host']}:{replica['port']}", place,
+                                  replica.get("container") or "") if x)
 
 
 def _yarn_list(args: argparse.Namespace) -> Output:
     from modelshard.serve import yarn
 
     found = yarn.replicas(args.name, catalog=args.catalog)
-    return Output(found, "\n".join(f"http://{r['host']}:{r['port']}  {r.get('container') or ''}"
-                                   for r in found) or "no replica answers")
+    return Output(found, "\n".join(map(_where, found)) or "no replica answers")
 
 
 def _yarn_stop(args: argparse.Namespace) -> Output:

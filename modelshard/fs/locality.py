@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import socket
+import time
 
 from modelshard.errors import ModelShardError
 from modelshard.fs.base import FileSystem
@@ -37,12 +38,28 @@ def host_names() -> frozenset[str]:
     return frozenset(names)
 
 
+# A file's block hosts, remembered a while: they change only when HDFS re-replicates or
+# balances, and asking the NameNode (a stat and a block lookup) for every shard read was
+# half of the NameNode calls of a read. uri -> (when asked, each block's hosts)
+_HOSTS_TTL_S = 30.0
+_hosts: dict[str, tuple[float, list[frozenset[str]]]] = {}
+
+
 def replica_is_local(fs: FileSystem, path: str) -> bool:
     """True if ``path`` is on this machine's disk or every block has a replica here; a
-    NameNode that cannot say counts as remote (placement is only a statistic)."""
+    NameNode that cannot say counts as remote (placement is only a statistic). The block
+    hosts of a file are asked again after 30 s."""
     if fs.local_path(path) is not None:
         return True
-    with contextlib.suppress(ModelShardError):
-        blocks = fs.block_hosts(path)
-        return bool(blocks) and all(host_names() & set(b.hosts) for b in blocks)
-    return False
+    uri, now = fs.uri(path), time.monotonic()
+    known = _hosts.get(uri)
+    if known is None or now - known[0] > _HOSTS_TTL_S:
+        try:
+            known = (now, [frozenset(b.hosts) for b in fs.block_hosts(path)])
+        except ModelShardError:
+            return False
+        if len(_hosts) > 100_000:  # a process reading that many files: start again
+            _hosts.clear()
+        _hosts[uri] = known
+    blocks = known[1]
+    return bool(blocks) and all(host_names() & b for b in blocks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import threading
 import time
 from collections import deque
@@ -539,7 +540,10 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
         data = cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size,
                          checksums=ref.checksums, model=ref.model)
     else:
-        data = bytearray(ref.size)
+        # Memory of its own, given back to the system when the last view goes: shards of
+        # MiBs allocated and freed all day would fragment the allocator's heap (glibc raises
+        # its mmap threshold after the first large free and serves the next from the heap).
+        data = mmap.mmap(-1, ref.size) if ref.size else bytearray()
         read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
         local = replica_is_local(fs, ref.path)
     view = memoryview(data)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import posixpath
 import threading
 import time
@@ -285,15 +286,28 @@ class ModelPool:
             raise failure
         return bufs
 
+    def in_memory(self, target: str) -> bool:
+        """Whether every shard of version ``target`` is in memory now (it may not be a
+        moment later)."""
+        with self._cond:
+            v = self._versions.get(target)
+        return v is not None and all(self.scheduler.contains(r) for r in v.refs.values())
+
     def predict(self, target: str, records: Sequence[dict], *, inputs: str = "features",
                 output: str = "class") -> list[tuple[str, Any]]:
         """Run ``records`` (JSON objects as ``predict``'s JSON lines hold them) through version
         ``target``, as one batch; per record ``("ok", value)`` or ``("bad", reason)``."""
+        with self.hold(target) as held:
+            return self.run(held, records, inputs=inputs, output=output)
+
+    def run(self, held: Held, records: Sequence[dict], *, inputs: str = "features",
+            output: str = "class") -> list[tuple[str, Any]]:
+        """Run ``records`` through the version that ``held`` (from :meth:`hold`) holds, as
+        :meth:`predict` does."""
         from modelshard.serve.runner import runner_for
 
-        with self.hold(target) as held:
-            runner = runner_for(self, self._versions[target])
-            return runner.run(held.tensors, records, inputs=inputs, output=output)
+        return runner_for(self, self._versions[held.key]).run(held.tensors, records, inputs=inputs,
+                                                              output=output)
 
     def _admit(self, target: str) -> _Version:
         deadline = time.monotonic() + self.wait_timeout_s
@@ -410,7 +424,15 @@ def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
     """The torch tensor of ``t`` over the held buffers: a view, or (a tensor split across
     shards) the pieces joined."""
     parts = [memoryview(bufs[p.shard])[p.begin:p.end] for p in t.pieces]
-    raw = parts[0] if len(parts) == 1 else bytearray(b"".join(parts))
+    if len(parts) == 1:
+        return convert(parts[0], t.dtype, t.shape, "torch", None)
+    # Joined once per batch, in memory of its own (one copy; freed to the system after the
+    # batch, not left in the allocator's heap as MiBs of holes).
+    raw = mmap.mmap(-1, sum(len(p) for p in parts))
+    pos = 0
+    for part in parts:
+        raw[pos:pos + len(part)] = part
+        pos += len(part)
     return convert(raw, t.dtype, t.shape, "torch", None)
 
 

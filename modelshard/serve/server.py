@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _STATUS = {NotFoundError: 404, TooLargeError: 507, UsageError: 400, UnavailableError: 503}
 _HISTORY = 300  # status samples kept (one a second)
+_WAITING = 16  # batches that may wait for room or fetch their shards at once, besides those running
 
 
 class BadRecords(UsageError):
@@ -82,7 +84,9 @@ class Server:
         self.pool = pool
         self.max_records, self.timeout_s, self.max_concurrency = max_records, timeout_s, max_concurrency
         self.ready = False
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="modelshard-serve")
+        self._executor = ThreadPoolExecutor(workers + _WAITING, thread_name_prefix="modelshard-serve")
+        self._running_batches = threading.BoundedSemaphore(workers)
+        self._fetching = threading.BoundedSemaphore(workers)
         self._pending: dict[tuple[str, str, str], list[tuple[list, asyncio.Future]]] = {}
         self._running: set[tuple[str, str, str]] = set()
         self._in_flight: dict[str, int] = {}
@@ -214,8 +218,7 @@ class Server:
                 self._batch.observe(len(merged))
                 try:
                     results = await loop.run_in_executor(
-                        self._executor, functools.partial(self.pool.predict, target, merged,
-                                                          inputs=inputs, output=output))
+                        self._executor, functools.partial(self._run_batch, target, merged, inputs, output))
                 except Exception as e:  # every request of the batch gets the error
                     for _, fut in waiting:
                         if not fut.done():
@@ -229,6 +232,17 @@ class Server:
         finally:
             self._running.discard(batch_key)
 
+    def _run_batch(self, target: str, records: list, inputs: str, output: str) -> list:
+        """One batch (on an executor thread). One whose shards are not all in memory is
+        admitted and fetches them as one of at most ``workers`` such batches at once (no
+        more models half-fetched and held than ``workers``); then it runs as one of at most
+        ``workers`` at once. A batch whose shards are in memory never waits behind fetches."""
+        with contextlib.ExitStack() as stack:
+            with contextlib.nullcontext() if self.pool.in_memory(target) else self._fetching:
+                held = stack.enter_context(self.pool.hold(target))
+            with self._running_batches:
+                return self.pool.run(held, records, inputs=inputs, output=output)
+
     async def models(self, request: web.Request) -> web.Response:
         return _json({"budget_bytes": self.pool.budget_bytes, "models": self.pool.models()})
 
@@ -237,8 +251,8 @@ class Server:
         return _json({"budget_bytes": s.budget_bytes, "bytes_held": s.bytes_held,
                       "pinned_bytes": s.pinned_bytes, "hits": s.hits, "misses": s.misses,
                       "evictions": s.evictions, "bytes_fetched": s.bytes_fetched,
-                      "ready": self.ready, "models": self.pool.models(),
-                      "history": list(self._history)})
+                      "local_reads": s.local_reads, "remote_reads": s.remote_reads,
+                      "ready": self.ready, "models": self.pool.models(), "history": list(self._history)})
 
     async def status_page(self, request: web.Request) -> web.Response:
         page = resources.files("modelshard.serve").joinpath("status.html").read_text()
@@ -293,7 +307,10 @@ class _PoolCollector:
                                   ("shard_misses", s.misses, "Shard acquisitions that fetched"),
                                   ("shard_evictions", s.evictions, "Shards evicted for room"),
                                   ("shard_bytes_fetched", s.bytes_fetched, "Shard bytes fetched"),
-                                  ("shard_idle_releases", s.idle_releases, "Shards freed when idle")):
+                                  ("shard_idle_releases", s.idle_releases, "Shards freed when idle"),
+                                  ("shard_local_reads", s.local_reads,
+                                   "Shards fetched from this node (preload cache, a block replica here)"),
+                                  ("shard_remote_reads", s.remote_reads, "Shards fetched over the network")):
             yield CounterMetricFamily(f"modelshard_{name}", what, value=value)
         for name, value, what in (("bytes_held", s.bytes_held, "Shard bytes in memory or being fetched"),
                                   ("budget_bytes", s.budget_bytes, "The memory budget"),

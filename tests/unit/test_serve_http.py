@@ -82,6 +82,9 @@ def test_predict_models_health_and_metrics(cat):
         assert 'modelshard_requests_total{code="200",model="a@prod"} 1.0' in text
         assert 'modelshard_request_seconds_count{model="a@prod"} 1.0' in text
         assert re.search(r"^modelshard_shard_misses_total 1\.0$", text, re.M)
+        # A local catalog's file is on this node's disk.
+        assert re.search(r"^modelshard_shard_local_reads_total 1\.0$", text, re.M)
+        assert re.search(r"^modelshard_shard_remote_reads_total 0\.0$", text, re.M)
         assert re.search(r"^modelshard_budget_bytes 1\.6777216e\+07$", text, re.M)
         server.ready = False
         async with s.get(f"{url}/readyz") as r:
@@ -153,13 +156,13 @@ def test_concurrent_requests_to_one_model_are_batched(cat):
 
 def test_per_model_concurrency_limit_and_timeout(cat, monkeypatch):
     push_mlp(cat, "a", [8, 3])
-    real = ModelPool.predict
+    real = ModelPool.run
 
-    def slow(self, *args, **kwargs):
+    def slow(self, *args, **kwargs):  # a batch that runs long
         time.sleep(0.6)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ModelPool, "predict", slow)
+    monkeypatch.setattr(ModelPool, "run", slow)
 
     async def body(s, url, server):
         req = {"records": [{"x": [0] * 8}]}
@@ -174,6 +177,32 @@ def test_per_model_concurrency_limit_and_timeout(cat, monkeypatch):
         assert status == 504 and "0.2 s" in got["error"]
 
     run(cat, body2, timeout_s=0.2)
+
+
+def test_a_batch_fetching_its_shards_does_not_hold_up_one_in_memory(cat):
+    push_mlp(cat, "hot", [8, 3])
+    push_mlp(cat, "cold", [8, 3], seed=1)
+
+    async def body(s, url, server):
+        req = {"records": [{"x": [0] * 8}]}
+        assert (await post(s, url, "hot@prod", req))[0] == 200  # in memory from now on
+        fetch = server.pool.scheduler._fetch
+
+        def slow_fetch(ref):
+            if "cold" in ref.path:
+                time.sleep(1.5)
+            return fetch(ref)
+
+        server.pool.scheduler._fetch = slow_fetch
+        cold = asyncio.ensure_future(post(s, url, "cold@prod", req))
+        await asyncio.sleep(0.2)  # the cold batch is fetching now
+        t0 = time.perf_counter()
+        assert (await post(s, url, "hot@prod", req))[0] == 200
+        hot_s = time.perf_counter() - t0
+        assert not cold.done() and hot_s < 1.0, hot_s  # one worker, yet not behind the fetch
+        assert (await cold)[0] == 200
+
+    run(cat, body, workers=1)
 
 
 # -- the command, as a process --------------------------------------------------------------
