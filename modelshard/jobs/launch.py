@@ -160,7 +160,10 @@ def run_job(
     decoded whole).
     """
     args = [*runner_args(runner, catalog=catalog, flavour=flavour, python_archive=python_archive, echo=echo),
-            *([] if mrjob_conf else ["--no-conf"]), *jobconf_args(jobconf, overrides)]
+            *([] if mrjob_conf else ["--no-conf"]), *jobconf_args(jobconf, overrides),
+            # mrjob keeps a failed job's scratch copies of its input by default (a copy of a
+            # local runner's input per failure); the error is reported from the task logs.
+            "--cleanup-on-failure", "TMP"]
     if output_dir:
         args += ["--output-dir", output_dir]
     job = job_class([*args, *inputs])

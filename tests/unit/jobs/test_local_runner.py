@@ -5,6 +5,7 @@ the job; only the output lines asked for are parsed."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from mrjob.sim import _split_records
@@ -41,9 +42,13 @@ def test_a_last_line_without_newline_and_an_empty_input(tmp_path):
     assert probe(tmp_path, "") == {}
 
 
-def test_a_failed_task_fails_the_job_with_its_error(tmp_path):
+def test_a_failed_task_fails_the_job_with_its_error_and_leaves_no_scratch(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mrjob puts its working copies
     with pytest.raises(JobError, match="the probe was told to fail"):
         probe(tmp_path, "ok\n" * 1000 + "fail\n" + "ok\n" * 1000)
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize("size", [1, 7, 1 << 20])
