@@ -1,13 +1,14 @@
 """The streaming-job subcommands: train, predict, reshard. Each renders its job XML from
 ``templates/``, runs on mrjob's inline, local or hadoop runner, and prints the YARN
-application id and tracking URL (on stderr) as the job starts."""
+application id and tracking URL (on stderr) as the job starts. And ``envs``: the task
+environments those jobs ship to HDFS."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from modelshard.cli import Output, human_bytes, size_arg
+from modelshard.cli import Output, duration_arg, human_bytes, size_arg
 from modelshard.errors import UsageError
 from modelshard.jobs.hadoop import RUNNERS
 from modelshard.jobs.models import ModelSpec
@@ -99,6 +100,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "tensors only")
     p.set_defaults(run=_reshard)
 
+    what = "list the task environments shipped to HDFS for --runner hadoop, or prune the stale ones"
+    p = sub.add_parser("envs", parents=[common], help=what, description=what)
+    p.add_argument("action", nargs="?", choices=("list", "prune"), default="list")
+    p.add_argument("--older-than", type=duration_arg, default=24 * 3600,
+                   help="prune only archives written this long ago, e.g. 0, 2h, 7d (default 24h: a job "
+                        "of another Python may still be localizing an archive it shipped lately)")
+    p.add_argument("--dry-run", action="store_true", help="list what prune would remove, remove nothing")
+    p.set_defaults(run=_envs)
+
 
 def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -161,3 +171,27 @@ def _reshard(args: argparse.Namespace) -> Output:
     return Output({"name": m.name, "version": m.version, "shards": len(m.shards), "total_size": m.total_size},
                   f"resharded {args.key} into {m.name}@{m.version}: {len(m.shards)} shards, "
                   f"{human_bytes(m.total_size)}")
+
+
+def _envs(args: argparse.Namespace) -> Output:
+    import os
+
+    from modelshard.catalog.catalog import default_uri
+    from modelshard.fs import get_fs
+    from modelshard.jobs.environment import prune, stored_archives
+    from modelshard.jobs.hadoop import ENV_DIR_VAR, env_dir
+
+    catalog = args.catalog or default_uri()
+    if not catalog.startswith("hdfs://") and not os.environ.get(ENV_DIR_VAR):
+        raise UsageError(f"catalog {catalog}: task environments are shipped beside an hdfs:// catalog; "
+                         f"pass --catalog hdfs://... (or set ${ENV_DIR_VAR})")
+    fs, folder = get_fs(env_dir(catalog))
+    if args.action == "list":
+        found = stored_archives(fs, folder)
+        lines = [f"{a.path.rsplit('/', 1)[-1]}  {human_bytes(a.size)}{'  (this Python)' if a.current else ''}"
+                 for a in found]
+        return Output([a.__dict__ for a in found], "\n".join(lines) or f"no archives in {fs.uri(folder)}")
+    removed = prune(fs, folder, older_than=args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {fs.uri(a.path)} ({human_bytes(a.size)})" for a in removed]
+    return Output([a.__dict__ for a in removed], "\n".join(lines) or "nothing to remove")

@@ -14,6 +14,11 @@ Two archives, because they change at different speeds:
   from where they are imported, so an editable checkout ships as a wheel install does. A few
   hundred kilobytes; its key changes with every edit.
 
+Archives are never overwritten, so every change of the installed packages leaves the previous
+environment on HDFS (gigabytes, times the replication): :func:`prune` removes those that this
+Python's jobs no longer name (``modelshard envs prune``). The NodeManagers' localized copies
+are YARN's: its localizer deletes unused ones beyond ``yarn.nodemanager.localizer.cache.target-size-mb``.
+
 The packer is this module rather than venv-pack or conda-pack: venv-pack leaves the
 interpreter behind (a venv's ``bin/python`` links to the base install) and refuses editable
 installs, and conda is not what these machines use. Flavours: ``full`` for train and
@@ -341,6 +346,46 @@ def ship(archive: Archive, fs: FileSystem, folder: str) -> Shipped:
             fs.delete(tmp)
         raise
     return Shipped(fs.uri(target), written, time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class StoredArchive:
+    """An archive in the environments' folder; ``current``: this Python's jobs name it."""
+
+    path: str
+    size: int
+    mtime: float
+    current: bool
+
+
+def stored_archives(fs: FileSystem, folder: str) -> list[StoredArchive]:
+    """The archives in ``folder`` (shipped ones and half-written ``.NAME.*.tmp`` ones), oldest
+    first."""
+    if not fs.exists(folder):
+        return []
+    current = {collect_environment("full").name, collect_environment("slim").name, collect_code().name}
+    return sorted((StoredArchive(i.path, i.size, i.mtime, posixpath.basename(i.path) in current)
+                   for i in fs.ls(folder) if not i.is_dir), key=lambda a: (a.mtime, a.path))
+
+
+def prune(fs: FileSystem, folder: str, *, older_than: float, dry_run: bool = False) -> list[StoredArchive]:
+    """Remove the archives of ``folder`` that this Python's jobs do not name and that were
+    written more than ``older_than`` seconds ago (a job of another Python, or another checkout,
+    may still be localizing an archive it shipped lately); returns them::
+
+        prune(fs, "/user/me/.modelshard/envs", older_than=24 * 3600)
+    """
+    cutoff = time.time() - older_than
+    stale = [a for a in stored_archives(fs, folder) if not a.current and a.mtime <= cutoff]
+    removed: list[StoredArchive] = []
+    for a in [] if dry_run else stale:
+        try:
+            fs.delete(a.path)
+        except (ModelShardError, OSError) as e:
+            done = f"; removed before it: {', '.join(posixpath.basename(r.path) for r in removed)}" if removed else ""
+            raise ModelShardError(f"could not remove {fs.uri(a.path)}: {e}{done}; run it again") from e
+        removed.append(a)
+    return stale
 
 
 def task_environment(flavour: str, fs: FileSystem, folder: str, *, python_archive: str | None = None

@@ -65,3 +65,18 @@ def test_a_second_job_ships_nothing_and_nodes_reuse_their_copy(hdfs_root):
         copies = list(node.glob(f"var/nm-local/**/filecache/*/{name}")) + \
             list(node.glob(f"var/nm-local/filecache/*/{name}"))
         assert len(set(copies)) <= 1, copies
+
+
+def test_envs_lists_what_jobs_shipped_and_prune_spares_this_pythons(hdfs_root, capsys):
+    from modelshard.cli import main
+
+    fs, root = hdfs_root
+    _, said = _probe(fs, root)
+    shipped = {line.split()[2].rsplit("/", 1)[1].rstrip(":") for line in said}
+    capsys.readouterr()
+    assert main(["envs", "--catalog", fs.uri(root), "--json"]) == 0
+    listed = {a["path"].rsplit("/", 1)[1]: a for a in json.loads(capsys.readouterr().out)}
+    assert shipped <= set(listed) and all(listed[n]["current"] and listed[n]["size"] > 0 for n in shipped)
+    assert main(["envs", "prune", "--older-than", "0", "--dry-run", "--catalog", fs.uri(root), "--json"]) == 0
+    would = {a["path"].rsplit("/", 1)[1] for a in json.loads(capsys.readouterr().out)}
+    assert not would & shipped and would == {n for n, a in listed.items() if not a["current"]}

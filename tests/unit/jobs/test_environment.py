@@ -135,3 +135,38 @@ def test_the_launcher_finds_its_own_lib_and_the_nodes_jvm():
     launcher = collect_environment("slim").extra["bin/python"].decode()
     assert launcher.startswith("#!/bin/sh") and '"$here/lib' in launcher and "$JAVA_HOME/lib/server" in launcher
     assert f'exec "$here/bin/{os.path.basename(os.path.realpath(sys._base_executable))}"' in launcher
+
+
+def test_prune_removes_only_stale_archives_this_python_does_not_name(tmp_path, monkeypatch, capsys):
+    from modelshard.cli import main
+
+    folder = tmp_path / "envs"
+    folder.mkdir()
+    current = [collect_environment("full").name, collect_environment("slim").name, collect_code().name]
+    old = ["env-full-0123456789abcdef0123.tar", "code-0123456789abcdef0123.tar"]
+    new = "env-full-fedcba9876543210fedc.tar"
+    for name in [*current, *old, new, ".env-full-x.tar.1.2.tmp"]:
+        (folder / name).write_bytes(b"x" * 10)
+    day_ago = os.stat(folder / new).st_mtime - 2 * 86400
+    for name in [*current, *old, ".env-full-x.tar.1.2.tmp"]:
+        os.utime(folder / name, (day_ago, day_ago))
+    monkeypatch.setenv("MODELSHARD_ENV_DIR", str(folder))
+
+    assert main(["envs", "prune", "--dry-run"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*current, *old, new, ".env-full-x.tar.1.2.tmp"])
+    assert main(["envs", "prune"]) == 0  # written 2 days ago and not this Python's: removed
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*current, new])
+    assert main(["envs", "prune", "--older-than", "0"]) == 0  # never what this Python's jobs name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(current)
+    capsys.readouterr()
+    assert main(["envs"]) == 0
+    assert capsys.readouterr().out.count("(this Python)") == 3
+
+
+def test_envs_needs_an_hdfs_catalog(tmp_path, monkeypatch, capsys):
+    from modelshard.cli import main
+
+    monkeypatch.delenv("MODELSHARD_ENV_DIR", raising=False)
+    assert main(["envs", "--catalog", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "hdfs://" in err and len(err.strip().splitlines()) == 1
