@@ -41,7 +41,8 @@ def prediction_setup(hdfs_root):
     p = Predictor(load_model(catalog, f"mlp@{version}"), fmt="jsonl")
     expected = dict(pair for line in lines for pair in p.add(line))
     expected.update(p.flush())
-    wait_replicated(fs, root)  # the tests stop a DataNode: the others must hold every block
+    for folder in (f"{root}/in", Catalog(catalog).version_dir("mlp", version)):
+        wait_replicated(fs, folder)  # the tests stop a DataNode: the others must hold every block
     return fs, root, catalog, f"mlp@{version}", expected
 
 
@@ -73,7 +74,7 @@ def test_a_load_goes_on_when_a_datanode_stops(hdfs_root):
     state = {f"t{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(24)}
     m = modelshard.push(state, "m", catalog=catalog, shard_size=1 << 20)
     assert len(m.shards) >= 6
-    wait_replicated(fs, f"{root}/catalog")
+    wait_replicated(fs, Catalog(catalog).version_dir("m", m.version))
     names = sorted(state)
     with daemon_stopped_later() as stop, modelshard.open("m", catalog=catalog) as h:
         first = h.load_state_dict(names[:12])
