@@ -24,8 +24,10 @@ The pipeline (docs/architecture.md, "Loading onto a device"):
 ``device="cpu"`` for a state dict needs no pool and no copy: the checked bytes are the
 result (memory-mapped, zero-copy, as :meth:`ModelHandle.load_state_dict` always did); a
 fresh buffer per shard measured 5x slower here (page faults and zeroing of new memory).
-:func:`fill_module` takes the pipeline on every device, CPU included: the module's tensors
-are the destinations, and the host memory it adds is the pool.
+:func:`fill_module` takes the pipeline on every device: the module's tensors are the
+destinations, and the host memory it adds is the pool. Into host memory, a shard mostly
+wanted skips the pool: it is read front to back straight into its destinations
+(:func:`_streamed`), as fast as a plain read loop.
 
 >>> import numpy as np, torch, modelshard
 >>> _ = modelshard.push({"w": np.ones((4, 3), np.float32)}, "dev", catalog="/tmp/devcat")
@@ -59,7 +61,13 @@ from modelshard.fs.locality import replica_is_local
 from modelshard.loading.plan import segments
 from modelshard.shards.checksums import Checksums
 from modelshard.shards.dtypes import DType
-from modelshard.verified import VerifiedShard, coalesce, read_stream
+from modelshard.verified import (
+    VerifiedShard,
+    coalesce,
+    damaged,
+    expected_header,
+    read_stream,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +76,7 @@ if TYPE_CHECKING:
 
 DEFAULT_POOL_BYTES = 256 << 20  # 32 slots of 8 MiB: two in flight per thread of 16
 SLOT_BYTES = 8 << 20
+STREAM_SHARE = 0.5  # a shard at least this much wanted is read in one stream (see _streamed)
 _FLOATS = frozenset({"F64", "F32", "F16", "BF16"})
 
 
@@ -344,13 +353,14 @@ def _run(handle: ModelHandle, wants: Sequence[_Want], *, pool_bytes: int,
     workers = check_workers(workers) if workers is not None else min(16, os.cpu_count() or 1)
     records = {s.path: s for s in handle.manifest.shards}
     slot_bytes = max(8, min(SLOT_BYTES, pool_bytes) // 8 * 8)
-    units = _units(wants, records, slot_bytes)
-    if not units:
+    streamed = _streamed(handle, wants, records)
+    units = _units([w for w in wants if w.shard not in streamed], records, slot_bytes)
+    if not units and not streamed:
         return 0
     n_slots = max(1, pool_bytes // slot_bytes)
-    workers = min(workers, n_slots, len(units))
+    workers = min(workers, len(streamed) + min(n_slots, len(units)))
     gpus = sorted({w.dest.device for w in wants if w.dest.device.type == "cuda"}, key=str)
-    pool = _Pool(n_slots, slot_bytes, pinned=bool(gpus))
+    pool = _Pool(min(n_slots, len(units)), slot_bytes, pinned=bool(gpus))
     streams = threading.local()  # this thread's stream on each GPU
 
     def copy(u: _Unit, data: Any, after: list) -> None:
@@ -372,26 +382,95 @@ def _run(handle: ModelHandle, wants: Sequence[_Want], *, pool_bytes: int,
                 event.record(mine)
             after.append(event)
 
-    total = sum(u.hi - u.lo for u in units)
+    total = sum(u.hi - u.lo for u in units) + sum(records[p].size for p in streamed)
     with contextlib.ExitStack() as closing:
         expected = handle.manifest.shard_entries()
         readers = {p: _Reader(handle, records[p], closing, expected[p])
                    for p in {u.shard for u in units}}
 
-        def run(u: _Unit, progress: Callable[[int], object]) -> None:
+        def run(task: _Unit | str, progress: Callable[[int], object]) -> None:
+            if isinstance(task, str):
+                _stream(handle, records[task], streamed[task], expected[task], progress)
+                return
             with pool.slot() as (slot, after):
-                got = readers[u.shard].read(u.lo, u.hi, memoryview(slot.numpy()))
-                copy(u, slot[:len(got)], after)
-            progress(u.hi - u.lo)
+                got = readers[task.shard].read(task.lo, task.hi, memoryview(slot.numpy()))
+                copy(task, slot[:len(got)], after)
+            progress(task.hi - task.lo)
 
         try:
-            run_all(run, units, workers=workers, total=total, desc=f"load {handle.key}")
+            run_all(run, [*streamed, *units], workers=workers, total=total,
+                    desc=f"load {handle.key}")
         finally:
             for dev in gpus:  # the copies are done before any tensor is handed out
                 torch.cuda.synchronize(dev)
             handle._add_counts(r.shard.counts for r in readers.values() if r.shard is not None)
-    handle._counters.read(set(readers))
+    handle._counters.read({*readers, *streamed})
     return sum(w.end - w.begin for w in wants)
+
+
+def _streamed(handle: ModelHandle, wants: Sequence[_Want], records: Mapping[str, ShardRecord]
+              ) -> dict[str, list[_Want]]:
+    """The shards read front to back in one stream straight into their destinations, no slot
+    and no copy (``{shard: its wants}``): those at least ``STREAM_SHARE`` wanted, every want a
+    plain byte copy into host memory, with chunk checksums, and not read through the preload
+    cache (whose map is checked whole already). A whole model loaded into a CPU module reads
+    as fast as a plain read loop so (docs/benchmarks.md, issue 9); sparse reads (a pipeline
+    stage, a tensor-parallel rank's rows) stay with the units."""
+    by_shard: dict[str, list[_Want]] = {}
+    for w in wants:
+        if w.end > w.begin:
+            by_shard.setdefault(w.shard, []).append(w)
+    cache, out = handle._cache, {}
+    for shard, ws in by_shard.items():
+        rec = records[shard]
+        if rec.checksums is None or (cache is not None and (handle._fill_cache
+                                                             or cache.contains(rec.sha256))):
+            continue
+        if any(w.dest.device.type != "cpu" or not _byte_copy(w.dtype, w.dest) for w in ws):
+            continue
+        spans = sorted((w.begin, w.end) for w in ws)
+        if all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)) and \
+                sum(e - b for b, e in spans) >= STREAM_SHARE * rec.size:
+            out[shard] = ws
+    return out
+
+
+def _stream(handle: ModelHandle, rec: ShardRecord, wants: Sequence[_Want],
+            expected: dict[str, tuple[str, int, int]], progress: Callable[[int], object]) -> None:
+    """Read shard ``rec`` front to back once, each want's bytes straight into its destination,
+    checked as they arrive; its header checked to list ``expected``."""
+    import torch
+
+    fs = handle.catalog.fs
+    path = handle.catalog.version_dir(handle.manifest.name, handle.manifest.version) + "/" + \
+        rec.path
+    header = memoryview(bytearray(rec.checksums.data_start))
+    into = [(0, header)]
+    for w in wants:
+        isz = w.dest.element_size()
+        flat = memoryview(w.dest.view(torch.uint8).numpy())
+        into.append((w.begin, flat[w.at * isz:w.at * isz + w.end - w.begin]))
+    local = fs.local_path(path) is not None
+    try:
+        read_stream(fs, path, rec, model=handle.key, into=into, progress=progress,
+                    unverified_for_benchmarks=handle._unverified)
+    except NotFoundError as e:
+        raise NotFoundError(f"{handle.key}: shard {fs.uri(path)} is missing; 'modelshard verify "
+                            f"{handle.key}' checks the version") from e
+    if not handle._unverified:
+        try:
+            expected_header(bytes(header[8:]), expected, size=rec.size, uri=fs.uri(path))
+        except ValueError as e:
+            raise damaged(handle.key, fs.uri(path), str(e)) from e
+    handle._counters.source("file" if local else "range",
+                            local=local or replica_is_local(fs, path))
+    handle._add_counts([{"range_reads": 1, "range_bytes": rec.size,
+                         "verified_bytes": 0 if handle._unverified else rec.size}])
+
+
+def _byte_copy(dtype: Any, dest: Any) -> bool:
+    """Whether values of ``dtype`` go into ``dest`` as they are (no cast)."""
+    return dtype.itemsize == 1 or dtype == dest.dtype
 
 
 def _copy_all(copies: Sequence[_Copy], data: Any) -> None:
@@ -399,7 +478,7 @@ def _copy_all(copies: Sequence[_Copy], data: Any) -> None:
 
     for c in copies:
         src = data[c.src:c.src + c.nbytes]
-        if c.dtype.itemsize == 1 or c.dtype == c.dest.dtype:  # bytes: any alignment
+        if _byte_copy(c.dtype, c.dest):  # bytes: any alignment
             dest = c.dest.view(torch.uint8)
             isz = c.dest.element_size()
             dest[c.at * isz:c.at * isz + c.nbytes].copy_(src, non_blocking=True)

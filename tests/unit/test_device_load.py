@@ -50,6 +50,13 @@ def cat(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture
+def staged(monkeypatch):
+    """The slots and copies that CUDA devices take, with the CPU as the device: host
+    destinations are otherwise read straight into, one stream per shard."""
+    monkeypatch.setattr("modelshard.loading.device.STREAM_SHARE", float("inf"))
+
+
 def same(got: dict, names=None) -> None:
     for n in names or STATE:
         assert torch.equal(got[n], as_torch(STATE[n])), n
@@ -58,7 +65,7 @@ def same(got: dict, names=None) -> None:
 
 @pytest.mark.parametrize("pool", [1 << 20, 3 << 20, 256 << 20], ids=["1MiB", "3MiB", "256MiB"])
 @pytest.mark.parametrize("workers", [1, 4])
-def test_the_staged_pipeline_returns_every_dtype_and_shape(cat, pool, workers):
+def test_the_staged_pipeline_returns_every_dtype_and_shape(staged, cat, pool, workers):
     # 1 MiB: less than one tensor ("big" is 4.7 MiB), exactly one checksum chunk a slot.
     with modelshard.open("m", catalog=cat) as h:
         got = load_state_dict_to(h, [(n, None) for n in h.names()], device=CPU,
@@ -92,7 +99,7 @@ def test_units_fit_a_slot_and_end_at_chunk_boundaries(cat, slot):
     assert sum(u.hi - u.lo for u in units) == sum(len(c) for c in covered.values())
 
 
-def test_whole_tensors_are_views_of_one_buffer_per_shard(cat):
+def test_whole_tensors_are_views_of_one_buffer_per_shard(staged, cat):
     with modelshard.open("m", catalog=cat) as h:
         got = load_state_dict_to(h, [(n, None) for n in h.names()], device=CPU)
         where = {(p.shard, p.begin): (n, p.end) for n, t in h.manifest.tensors.items()
@@ -128,7 +135,7 @@ def test_dtype_casts_floating_tensors_only(cat):
         assert torch.equal(d["big"], as_torch(STATE["big"]))
 
 
-def test_a_pool_smaller_than_one_chunk_is_refused_by_name(cat):
+def test_a_pool_smaller_than_one_chunk_is_refused_by_name(staged, cat):
     with modelshard.open("m", catalog=cat) as h:
         with pytest.raises(UsageError, match="smaller than one checksum chunk"):
             load_state_dict_to(h, [("big", None)], device=CPU, pool_bytes=64 << 10)
@@ -298,7 +305,41 @@ def test_load_into_rows_for_a_tensor_parallel_rank(net_cat):
     assert r.bytes == STATE["big"][400:800].nbytes
 
 
-def test_a_flipped_byte_leaves_a_meta_module_untouched(tmp_path):
+def test_a_whole_load_into_host_memory_reads_each_shard_once_straight_in(net_cat):
+    with torch.device("meta"):
+        net = Net()
+    with modelshard.open("net", catalog=net_cat) as h:
+        r = h.load_into(net, device="cpu", pool_bytes=1 << 20)  # a pool it does not need
+        s = h.stats()
+        wanted = {p.shard for n in r.loaded for p in h.manifest.tensors[n].pieces}
+        size = sum(sh.size for sh in h.manifest.shards if sh.path in wanted)
+    assert torch.equal(net.embed.weight, as_torch(STATE["big"]))
+    assert torch.equal(net.proj.weight, as_torch(STATE["f32"]))
+    assert torch.equal(net.steps, as_torch(STATE["i64"]))
+    # One read per shard, front to back, every byte checked; "unused"'s shards not read.
+    assert s.range_reads == len(wanted) and s.range_bytes == s.verified_bytes == size
+    assert s.sources == {"file": len(wanted)}
+
+
+def test_a_shard_mostly_not_wanted_is_read_by_its_chunks_not_whole(tmp_path):
+    root = str(tmp_path / "cat")
+    small = np.arange(4096, dtype=np.float32)
+    modelshard.push({"big": STATE["big"], "small": small}, "two", catalog=root)
+    net = torch.nn.Module()
+    net.register_buffer("small", torch.zeros(4096))
+    with modelshard.open("two", catalog=root) as h:
+        assert len(h.manifest.shards) == 1
+        h.load_into(net, strict=False)
+        s = h.stats()
+    assert torch.equal(net.small, torch.from_numpy(small))
+    # 16 KiB of a 4.7 MiB shard: its chunk and the header, not the shard.
+    assert s.verified_bytes < 64 << 10
+
+
+@pytest.mark.parametrize("mode", ["stream", "staged"])
+def test_a_flipped_byte_leaves_a_meta_module_untouched(tmp_path, monkeypatch, mode):
+    if mode == "staged":
+        monkeypatch.setattr("modelshard.loading.device.STREAM_SHARE", float("inf"))
     root = str(tmp_path / "cat")
     m = modelshard.push(net_state(), "net", catalog=root, shard_size=1 << 20)
     piece = m.tensors["proj.weight"].pieces[0]
