@@ -1,10 +1,12 @@
 """Loading onto a device from an HDFS catalog (issue 13): HDFS range reads feed the same
-pipeline, each chunk checked in its slot; a rank reads only its rows; the preload cache of
+pipeline, each chunk checked in its slot (or, into host memory, each shard is streamed
+straight into its tensors, checked as it arrives); a rank reads only its rows; the preload cache of
 HDFS shards is a source too. The CPU is the device here (the CI machines have no GPU)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import modelshard
@@ -15,7 +17,11 @@ from tests.counting_fs import CountingFileSystem
 CPU = torch.device("cpu")
 
 
-def test_hdfs_range_reads_and_the_cache_feed_the_device_pipeline(hdfs_root, tmp_path):
+@pytest.mark.parametrize("mode", ["staged", "stream"])
+def test_hdfs_range_reads_and_the_cache_feed_the_device_pipeline(hdfs_root, tmp_path,
+                                                                 monkeypatch, mode):
+    if mode == "staged":  # the units and slots a CUDA device takes, with the CPU as device
+        monkeypatch.setattr("modelshard.loading.device.STREAM_SHARE", float("inf"))
     fs, root = hdfs_root
     uri = fs.uri(f"{root}/cat")
     rng = np.random.default_rng(13)
@@ -37,6 +43,8 @@ def test_hdfs_range_reads_and_the_cache_feed_the_device_pipeline(hdfs_root, tmp_
     for n, a in state.items():
         assert np.array_equal(got[n].numpy(), a), n
     assert s.sources == {"range": len(m.shards)} and s.remote_shards == len(m.shards)
+    # staged: a range read per unit of at most 1 MiB; streamed: one read per shard
+    assert s.range_reads == len(m.shards) if mode == "stream" else s.range_reads > len(m.shards)
     assert s.verified_bytes == s.range_bytes == counting.bytes_read
     assert counting.bytes_read == s.bytes_served + sum(sh.checksums.data_start
                                                        for sh in m.shards)

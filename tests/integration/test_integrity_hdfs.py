@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 import modelshard
@@ -53,7 +54,18 @@ READ_PATHS = {
     "preload": lambda uri, tmp: modelshard.preload("m", catalog=uri, cache_dir=str(tmp / "c")),
     "copy": lambda uri, tmp: placement.copy("m", str(tmp / "other"), catalog=uri),
     "verify": lambda uri, tmp: modelshard.verify("m", catalog=uri),
+    "load_into a module": lambda uri, tmp: _load_into(uri),
 }
+
+
+def _load_into(uri: str) -> dict[str, np.ndarray]:
+    """The version loaded into a module built on the meta device (each shard read straight
+    into the module's host memory)."""
+    module = torch.nn.Module()
+    for name, a in STATE.items():
+        module.register_buffer(name, torch.empty(a.shape, device="meta"))
+    modelshard.load_into(module, "m", catalog=uri, device="cpu")
+    return {n: t.numpy() for n, t in module.state_dict().items()}
 
 
 @pytest.fixture
@@ -152,6 +164,7 @@ SERVED = {
     "preload": lambda got, tmp, m: _cached(tmp, m),
     "copy": lambda got, tmp, m: _pushed_state(modelshard.pull("m", catalog=str(tmp / "other"))),
     "verify": lambda got, tmp, m: True,  # it checked every shard's sha256 and CRC32C
+    "load_into a module": lambda got, tmp, m: _pushed_state(got),
 }
 
 
