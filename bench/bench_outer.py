@@ -1,10 +1,11 @@
 """The outer optimizer's settings on digits, in process and fast: the arithmetic of one
 training epoch of mr_train (4 splits each trained by ``train_split`` from the averaged
-inner momentum, the count-weighted averages of parameters and inner momentum in float64,
-:meth:`Outer.step`, weights and momenta stored as float32) without the jobs around it,
-against single-process training with the same seed; 10 epochs. ``--reset-inner-momentum``:
-each split's SGD momentum starts from zero every epoch instead (mr_train before issue 12's
-parity work).
+inner momentum with its share of the batch, ``split_batch``; the count-weighted averages
+of parameters and inner momentum in float64, :meth:`Outer.step`, weights and momenta
+stored as float32) without the jobs around it, against single-process training with the
+same seed; 10 epochs. ``--whole-batch-per-split``: each split trains with the whole batch
+(mr_train before the batch was the job's); ``--reset-inner-momentum``: each split's SGD
+momentum starts from zero every epoch instead (mr_train before issue 12's parity work).
 It gives the inline runner's accuracies (the same bits on seeds 0-2, checked against
 ``bench_jobs.py --only train``), so many seeds and settings fit in minutes.
 
@@ -23,14 +24,14 @@ import torch
 
 from modelshard.jobs.models import mlp
 from modelshard.jobs.train.reduce_task import Outer
-from modelshard.jobs.train.task import evaluate, train_reference, train_split
+from modelshard.jobs.train.task import evaluate, split_batch, train_reference, train_split
 from modelshard.quickstart import SPLITS, TEST_ROWS, digits
 
 SIZES = [64, 64, 10]
 
 
 def averaged(x: np.ndarray, y: np.ndarray, *, seed: int, outer: Outer, epochs: int, lr: float,
-             keep_inner: bool = True) -> torch.nn.Module:
+             keep_inner: bool = True, batch_size: int = split_batch(32, SPLITS)) -> torch.nn.Module:
     parts = np.array_split(np.arange(len(y)), SPLITS)
     theta = {k: v.detach().numpy().copy() for k, v in mlp(sizes=SIZES, seed=seed).state_dict().items()}
     momentum = {k: np.zeros_like(v) for k, v in theta.items()}
@@ -44,7 +45,8 @@ def averaged(x: np.ndarray, y: np.ndarray, *, seed: int, outer: Outer, epochs: i
             # The seed a map task gets: the run's, the epoch's and the split's (train_file's).
             task_seed = (seed * 1_000_003 + epoch * 1000 + i) * 1009
             buffers = dict(inner) if keep_inner else {}
-            train_split(model, x[part], y[part], lr=lr, batch_size=32, seed=task_seed, momentum=buffers)
+            train_split(model, x[part], y[part], lr=lr, batch_size=batch_size, seed=task_seed,
+                        momentum=buffers)
             for k, v in model.state_dict().items():
                 acc[k] += v.numpy().astype(np.float64) * (len(part) / len(y))
                 inner_acc[k] += buffers.get(k, np.zeros_like(theta[k])).astype(np.float64) * (len(part) / len(y))
@@ -56,7 +58,8 @@ def averaged(x: np.ndarray, y: np.ndarray, *, seed: int, outer: Outer, epochs: i
     return model
 
 
-def one_seed(seed: int, *, outers: list[Outer], epochs: int, lr: float, keep_inner: bool) -> tuple[float, list[float]]:
+def one_seed(seed: int, *, outers: list[Outer], epochs: int, lr: float, keep_inner: bool,
+             split_batch_size: int) -> tuple[float, list[float]]:
     """Test accuracy of single-process training and of each outer setting on ``seed``."""
     torch.set_num_threads(1)
     x, y = digits(seed)
@@ -64,7 +67,8 @@ def one_seed(seed: int, *, outers: list[Outer], epochs: int, lr: float, keep_inn
     model = mlp(sizes=SIZES, seed=seed)
     train_reference(model, x[:n], y[:n], epochs=epochs, lr=lr, batch_size=32, seed=seed)
     return evaluate(model, x[n:], y[n:]).accuracy, [
-        evaluate(averaged(x[:n], y[:n], seed=seed, outer=o, epochs=epochs, lr=lr, keep_inner=keep_inner),
+        evaluate(averaged(x[:n], y[:n], seed=seed, outer=o, epochs=epochs, lr=lr, keep_inner=keep_inner,
+                          batch_size=split_batch_size),
                  x[n:], y[n:]).accuracy
         for o in outers]
 
@@ -78,11 +82,14 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each")
     p.add_argument("--reset-inner-momentum", action="store_true",
                    help="each split's SGD momentum from zero every epoch (as before issue 12's parity work)")
+    p.add_argument("--whole-batch-per-split", action="store_true",
+                   help="each split trains with the whole batch of 32 (before the batch was the job's)")
     a = p.parse_args()
     first, last = (int(s) for s in a.seeds.split("-"))
     outers = [Outer(lr=float(o.split(":")[0]), momentum=float(o.split(":")[1])) for o in a.outer.split(",")]
     ref, got = [], {o: [] for o in outers}
-    run = partial(one_seed, outers=outers, epochs=a.epochs, lr=a.lr, keep_inner=not a.reset_inner_momentum)
+    run = partial(one_seed, outers=outers, epochs=a.epochs, lr=a.lr, keep_inner=not a.reset_inner_momentum,
+                  split_batch_size=32 if a.whole_batch_per_split else split_batch(32, SPLITS))
     with ProcessPoolExecutor(a.jobs) as pool:
         for seed, (r, accs) in zip(range(first, last + 1), pool.map(run, range(first, last + 1)), strict=True):
             ref.append(r)

@@ -64,7 +64,7 @@ class MRTrain(MRJob):
 
     def mapper(self, _, task):
         from modelshard.jobs.predict.task import MAX_BAD_RECORD_CHARS, declared_width
-        from modelshard.jobs.train.task import train_file
+        from modelshard.jobs.train.task import split_batch, train_file
 
         split = int(task["split"])
         fs, path = get_fs(task["file"])
@@ -77,7 +77,8 @@ class MRTrain(MRJob):
         self.set_status(f"training on split {split}: {task['file']}")
         momentum = dict(self.momentum)  # in: the version's; out: this split's
         run = train_file(self.model, lines, fmt=conf("format", "jsonl"), n_features=declared_width(self.model),
-                         lr=float(conf("train.lr")), batch_size=int(conf("train.batch_size")),
+                         lr=float(conf("train.lr")),
+                         batch_size=split_batch(int(conf("train.batch_size")), int(conf("train.splits"))),
                          seed=int(conf("train.seed", "0")) + split, epochs=int(conf("train.local_epochs", "1")),
                          buffer_bytes=int(conf("train.shuffle_buffer_bytes")), momentum=momentum)
         try:

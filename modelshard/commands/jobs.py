@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    '"NAME", "kwargs": {...}} naming a registered factory, or mlp:64,64,10 for the '
                    'built-in MLP')
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="records per SGD step over all splits: each split takes its share (default 32)")
     p.add_argument("--outer-lr", type=float,
                    help="outer optimizer's step on the averaged update (default 1: with --outer-momentum 0, "
                         "plain averaging)")

@@ -134,6 +134,20 @@ class StreamTrainer:
         self.metrics = self.metrics.add(Metrics(loss.item(), int((out.argmax(1) == ys).sum()), len(ys)))
 
 
+def split_batch(batch_size: int, splits: int) -> int:
+    """The batch each of ``splits`` trains with when ``batch_size`` is the job's batch: its
+    share of it (at least one record), as data-parallel training splits its global batch
+    over its workers. An epoch then takes as many SGD steps per split, of as many records in
+    all, as one process takes with ``batch_size``; with the whole batch per split, averaging
+    ``splits`` models moved about as far as a quarter of the steps (docs/benchmarks.md,
+    "Parity")::
+
+        >>> split_batch(32, 4), split_batch(32, 3), split_batch(2, 4)
+        (8, 11, 1)
+    """
+    return max(1, round(batch_size / splits))
+
+
 def train_file(model: nn.Module, lines: Callable[[], Iterable[str]], *, fmt: str, n_features: int | None,
                lr: float, batch_size: int, seed: int, epochs: int = 1, buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
                momentum: dict[str, np.ndarray] | None = None) -> Generator[tuple[str, str], None, Metrics]:
