@@ -117,6 +117,13 @@ def start_server(catalog: str, budget: int, max_models: int | None, workers: int
     return proc, f"http://127.0.0.1:{port}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process ``pid`` has used (its threads together)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -216,11 +223,15 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
         load_before = os.getloadavg()[0]
         peaks: dict = {}
         peak_sampler(proc, url, peaks)
+        cpu_before = cpu_seconds(proc.pid)
         result = asyncio.run(load(url, trace, clients=args.clients))
+        server_cpu = cpu_seconds(proc.pid) - cpu_before
         peaks["stop"] = True
         result.update(mode=mode, source="cache" if cache_dir else "hdfs", budget=budget,
                       max_models=max_models, peak_held=peaks.get("peak_held", 0),
-                      peak_rss=peaks.get("peak_rss", 0), loadavg=(load_before + os.getloadavg()[0]) / 2)
+                      peak_rss=peaks.get("peak_rss", 0),
+                      server_cpu_ms_per_request=server_cpu * 1e3 / len(trace),
+                      loadavg=(load_before + os.getloadavg()[0]) / 2)
         return result
     finally:
         proc.terminate()
@@ -296,30 +307,35 @@ def main() -> None:
         trace = zipf_keys(names, args.requests, args.alpha, args.seed + 1 + r)
         warm = zipf_keys(names, args.warmup, args.alpha, args.seed + 101 + r)
         warm_all = names + warm
-        for src, mode in runs:
+        # The order rotates from round to round, so that a drift in the machine's load
+        # (other work on its cores) does not always fall on the same mode.
+        order = list(runs)
+        order = order[r % len(order):] + order[:r % len(order)]
+        for src, mode in order:
             res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm,
                           args.cache_dir if src == "cache" else None)
             runs[src, mode].append(res)
             print(json.dumps({"round": r, **res}), flush=True)
-    print("\n| source | server | p50 ms | p99 ms | req/s | MiB fetched | peak MiB held | hit rate | errors "
-          "| load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| source | server | p50 ms | p99 ms | req/s | server CPU ms/req | MiB fetched | peak MiB held "
+          "| hit rate | errors | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     med = {}
     for (src, mode), results in runs.items():
         med[src, mode] = m = {k: statistics.median(x[k] for x in results)
-                              for k in ("p50_ms", "p99_ms", "req_per_s", "bytes_fetched", "peak_held",
-                                        "hit_rate", "loadavg")}
+                              for k in ("p50_ms", "p99_ms", "req_per_s", "server_cpu_ms_per_request",
+                                        "bytes_fetched", "peak_held", "hit_rate", "loadavg")}
         errors = sum(x["errors"] for x in results)
         print(f"| {src} | {mode} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['req_per_s']:.1f} | "
-              f"{m['bytes_fetched'] / 2**20:.0f} | {m['peak_held'] / 2**20:.0f} | {m['hit_rate']:.2f} | "
-              f"{errors} | {m['loadavg']:.1f} |")
+              f"{m['server_cpu_ms_per_request']:.1f} | {m['bytes_fetched'] / 2**20:.0f} | "
+              f"{m['peak_held'] / 2**20:.0f} | {m['hit_rate']:.2f} | {errors} | {m['loadavg']:.1f} |")
     for src in sources:
-        if (src, "shared") in med and (src, "lru-models") in med:
-            print(f"{src}: p99 shared / lru-models: "
-                  f"{med[src, 'shared']['p99_ms'] / med[src, 'lru-models']['p99_ms']:.2f}")
-        if (src, "shared") in med and (src, "unlimited") in med:
-            print(f"{src}: req/s shared / unlimited: "
-                  f"{med[src, 'shared']['req_per_s'] / med[src, 'unlimited']['req_per_s']:.2f}")
+        for what, key, a, b in (("p99", "p99_ms", "shared", "lru-models"),
+                                ("p99", "p99_ms", "unlimited", "lru-models"),
+                                ("req/s", "req_per_s", "shared", "unlimited")):
+            if (src, a) in runs and (src, b) in runs:
+                rounds = [x[key] / y[key] for x, y in zip(runs[src, a], runs[src, b], strict=True)]
+                print(f"{src}: {what} {a} / {b}: {med[src, a][key] / med[src, b][key]:.2f} (medians); "
+                      f"per round {', '.join(f'{x:.2f}' for x in rounds)}")
 
 
 def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
