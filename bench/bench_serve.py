@@ -93,14 +93,14 @@ def run_server(args: argparse.Namespace) -> None:
             f.write(str(port))
         os.rename(args.port_file + ".tmp", args.port_file)
 
-    asyncio.run(serve(server, port=0, on_listening=listening))
+    asyncio.run(serve(server, port=0, on_listening=listening, threads=args.threads or None))
 
 
 def start_server(catalog: str, budget: int, max_models: int | None, workers: int, tag: str,
-                 cache_dir: str | None = None) -> tuple[subprocess.Popen, str]:
+                 cache_dir: str | None = None, threads: int = 1) -> tuple[subprocess.Popen, str]:
     port_file = f"/tmp/bench-serve-{os.getpid()}-{tag}.port"
     cmd = [sys.executable, __file__, "server", "--catalog", catalog, "--budget", str(budget),
-           "--workers", str(workers), "--port-file", port_file]
+           "--workers", str(workers), "--threads", str(threads), "--port-file", port_file]
     if max_models is not None:
         cmd += ["--max-models", str(max_models)]
     if cache_dir:
@@ -217,7 +217,7 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
         max_models, budget = 0, total
     elif mode == "unlimited":
         budget = total
-    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode, cache_dir)
+    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode, cache_dir, args.threads)
     try:
         asyncio.run(load(url, warm, clients=args.clients))  # warm-up, not measured
         load_before = os.getloadavg()[0]
@@ -260,6 +260,7 @@ def main() -> None:
     s.add_argument("--max-models", type=int)
     s.add_argument("--workers", type=int, default=4)
     s.add_argument("--port-file", required=True)
+    s.add_argument("--threads", type=int, default=1)
     s.add_argument("--cache-dir")
     p.add_argument("--catalog", default="hdfs:///user/root/bench-serve")
     p.add_argument("--models", type=int, default=20)
@@ -272,6 +273,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per batch (0: torch's default)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--sources", default="hdfs", help="hdfs, cache or both (hdfs,cache): where shards are read")
     p.add_argument("--cache-dir", help="the node-local preload cache for --sources cache")
@@ -336,6 +338,10 @@ def main() -> None:
                 rounds = [x[key] / y[key] for x, y in zip(runs[src, a], runs[src, b], strict=True)]
                 print(f"{src}: {what} {a} / {b}: {med[src, a][key] / med[src, b][key]:.2f} (medians); "
                       f"per round {', '.join(f'{x:.2f}' for x in rounds)}")
+    failed = [(src, mode, x["first_errors"]) for (src, mode), results in runs.items() for x in results
+              if x["errors"]]
+    if failed:  # an error answered at once would flatter that mode's latency and rate
+        raise SystemExit(f"requests failed, the figures are not comparable: {failed[0]}")
 
 
 def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
@@ -349,7 +355,7 @@ def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
 
 def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
     total = sum(sizes.values())
-    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed")
+    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed", threads=args.threads)
     try:
         asyncio.run(load(url, zipf_keys(names, args.warmup, args.alpha, args.seed + 7), clients=args.clients))
         samples: dict = {"fast": False}
