@@ -93,14 +93,14 @@ def run_server(args: argparse.Namespace) -> None:
             f.write(str(port))
         os.rename(args.port_file + ".tmp", args.port_file)
 
-    asyncio.run(serve(server, port=0, on_listening=listening))
+    asyncio.run(serve(server, port=0, on_listening=listening, threads=args.threads or None))
 
 
 def start_server(catalog: str, budget: int, max_models: int | None, workers: int, tag: str,
-                 cache_dir: str | None = None) -> tuple[subprocess.Popen, str]:
+                 cache_dir: str | None = None, threads: int = 1) -> tuple[subprocess.Popen, str]:
     port_file = f"/tmp/bench-serve-{os.getpid()}-{tag}.port"
     cmd = [sys.executable, __file__, "server", "--catalog", catalog, "--budget", str(budget),
-           "--workers", str(workers), "--port-file", port_file]
+           "--workers", str(workers), "--threads", str(threads), "--port-file", port_file]
     if max_models is not None:
         cmd += ["--max-models", str(max_models)]
     if cache_dir:
@@ -115,6 +115,13 @@ def start_server(catalog: str, budget: int, max_models: int | None, workers: int
         port = int(f.read())
     os.unlink(port_file)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process ``pid`` has used (its threads together)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -210,17 +217,21 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
         max_models, budget = 0, total
     elif mode == "unlimited":
         budget = total
-    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode, cache_dir)
+    proc, url = start_server(args.catalog, budget, max_models, args.workers, mode, cache_dir, args.threads)
     try:
         asyncio.run(load(url, warm, clients=args.clients))  # warm-up, not measured
         load_before = os.getloadavg()[0]
         peaks: dict = {}
         peak_sampler(proc, url, peaks)
+        cpu_before = cpu_seconds(proc.pid)
         result = asyncio.run(load(url, trace, clients=args.clients))
+        server_cpu = cpu_seconds(proc.pid) - cpu_before
         peaks["stop"] = True
         result.update(mode=mode, source="cache" if cache_dir else "hdfs", budget=budget,
                       max_models=max_models, peak_held=peaks.get("peak_held", 0),
-                      peak_rss=peaks.get("peak_rss", 0), loadavg=(load_before + os.getloadavg()[0]) / 2)
+                      peak_rss=peaks.get("peak_rss", 0),
+                      server_cpu_ms_per_request=server_cpu * 1e3 / len(trace),
+                      loadavg=(load_before + os.getloadavg()[0]) / 2)
         return result
     finally:
         proc.terminate()
@@ -249,6 +260,7 @@ def main() -> None:
     s.add_argument("--max-models", type=int)
     s.add_argument("--workers", type=int, default=4)
     s.add_argument("--port-file", required=True)
+    s.add_argument("--threads", type=int, default=1)
     s.add_argument("--cache-dir")
     p.add_argument("--catalog", default="hdfs:///user/root/bench-serve")
     p.add_argument("--models", type=int, default=20)
@@ -261,6 +273,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per batch (0: torch's default)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--sources", default="hdfs", help="hdfs, cache or both (hdfs,cache): where shards are read")
     p.add_argument("--cache-dir", help="the node-local preload cache for --sources cache")
@@ -296,30 +309,39 @@ def main() -> None:
         trace = zipf_keys(names, args.requests, args.alpha, args.seed + 1 + r)
         warm = zipf_keys(names, args.warmup, args.alpha, args.seed + 101 + r)
         warm_all = names + warm
-        for src, mode in runs:
+        # The order rotates from round to round, so that a drift in the machine's load
+        # (other work on its cores) does not always fall on the same mode.
+        order = list(runs)
+        order = order[r % len(order):] + order[:r % len(order)]
+        for src, mode in order:
             res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm,
                           args.cache_dir if src == "cache" else None)
             runs[src, mode].append(res)
             print(json.dumps({"round": r, **res}), flush=True)
-    print("\n| source | server | p50 ms | p99 ms | req/s | MiB fetched | peak MiB held | hit rate | errors "
-          "| load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| source | server | p50 ms | p99 ms | req/s | server CPU ms/req | MiB fetched | peak MiB held "
+          "| hit rate | errors | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     med = {}
     for (src, mode), results in runs.items():
         med[src, mode] = m = {k: statistics.median(x[k] for x in results)
-                              for k in ("p50_ms", "p99_ms", "req_per_s", "bytes_fetched", "peak_held",
-                                        "hit_rate", "loadavg")}
+                              for k in ("p50_ms", "p99_ms", "req_per_s", "server_cpu_ms_per_request",
+                                        "bytes_fetched", "peak_held", "hit_rate", "loadavg")}
         errors = sum(x["errors"] for x in results)
         print(f"| {src} | {mode} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['req_per_s']:.1f} | "
-              f"{m['bytes_fetched'] / 2**20:.0f} | {m['peak_held'] / 2**20:.0f} | {m['hit_rate']:.2f} | "
-              f"{errors} | {m['loadavg']:.1f} |")
+              f"{m['server_cpu_ms_per_request']:.1f} | {m['bytes_fetched'] / 2**20:.0f} | "
+              f"{m['peak_held'] / 2**20:.0f} | {m['hit_rate']:.2f} | {errors} | {m['loadavg']:.1f} |")
     for src in sources:
-        if (src, "shared") in med and (src, "lru-models") in med:
-            print(f"{src}: p99 shared / lru-models: "
-                  f"{med[src, 'shared']['p99_ms'] / med[src, 'lru-models']['p99_ms']:.2f}")
-        if (src, "shared") in med and (src, "unlimited") in med:
-            print(f"{src}: req/s shared / unlimited: "
-                  f"{med[src, 'shared']['req_per_s'] / med[src, 'unlimited']['req_per_s']:.2f}")
+        for what, key, a, b in (("p99", "p99_ms", "shared", "lru-models"),
+                                ("p99", "p99_ms", "unlimited", "lru-models"),
+                                ("req/s", "req_per_s", "shared", "unlimited")):
+            if (src, a) in runs and (src, b) in runs:
+                rounds = [x[key] / y[key] for x, y in zip(runs[src, a], runs[src, b], strict=True)]
+                print(f"{src}: {what} {a} / {b}: {med[src, a][key] / med[src, b][key]:.2f} (medians); "
+                      f"per round {', '.join(f'{x:.2f}' for x in rounds)}")
+    failed = [(src, mode, x["first_errors"]) for (src, mode), results in runs.items() for x in results
+              if x["errors"]]
+    if failed:  # an error answered at once would flatter that mode's latency and rate
+        raise SystemExit(f"requests failed, the figures are not comparable: {failed[0]}")
 
 
 def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
@@ -333,7 +355,7 @@ def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
 
 def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
     total = sum(sizes.values())
-    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed")
+    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed", threads=args.threads)
     try:
         asyncio.run(load(url, zipf_keys(names, args.warmup, args.alpha, args.seed + 7), clients=args.clients))
         samples: dict = {"fast": False}

@@ -30,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -54,6 +55,23 @@ class Stored(Protocol):
     def sha256(self) -> str: ...
     @property
     def checksums(self) -> Checksums | None: ...
+
+
+def fresh_pages(size: int) -> mmap.mmap | bytearray:
+    """``size`` bytes of new memory for shard bytes: private anonymous pages (base size),
+    all of them allocated in one call, given back to the system when the last view goes.
+
+    Not the allocator's heap: buffers of MiBs allocated and freed all day would fragment it
+    (glibc raises its mmap threshold after the first large free and serves the next from the
+    heap). Not page by page: filling 19 MiB of pages taken one fault at a time cost 14.7 ms
+    on the development VM, populated at once 7.1 ms; numpy's transparent huge pages cost
+    5-8 ms per MiB at their first write (docs/benchmarks.md, issues 9 and 14)::
+
+        buf = fresh_pages(4 << 20)
+    """
+    if not size:
+        return bytearray()
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0))
 
 
 def damaged(model: str | None, uri: str, what: str, *, part: str = "shard") -> IntegrityError:

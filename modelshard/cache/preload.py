@@ -43,6 +43,11 @@ from modelshard.verified import StreamCheck, read_stream
 log = logging.getLogger(__name__)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# One count per process, not per PreloadCache: several instances over one folder in one
+# process (the server opens one per model it builds) must never pick the same temp name; two
+# that probed the folder as "probe.<pid>.0" at once removed each other's probe, and the second
+# to remove it failed as if the folder could not be written.
+_NAMES = itertools.count()
 _TMP_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<pid>\d+)\.\d+\.part")
 _DEFAULT_CHUNK = 8 << 20
 
@@ -153,7 +158,6 @@ class PreloadCache:
         self._entries = os.path.join(self.dir, "sha256")
         self._tmp = os.path.join(self.dir, "tmp")
         self._locks = os.path.join(self.dir, "locks")
-        self._counter = itertools.count()
         self._stats_lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("hits", "misses", "bytes_fetched", "evictions", "bytes_evicted", "corrupt_dropped"), 0
@@ -317,7 +321,7 @@ class PreloadCache:
                 self._evict_locked(self.max_bytes - size)
                 if self._used_bytes() + size <= self.max_bytes:
                     tmp = os.path.join(
-                        self._tmp, f"{digest}.{os.getpid()}.{next(self._counter)}.part"
+                        self._tmp, f"{digest}.{os.getpid()}.{next(_NAMES)}.part"
                     )
                     try:
                         with open(tmp, "wb") as f:
@@ -441,7 +445,7 @@ class PreloadCache:
             lock.release()
 
     def _prepare_dir(self) -> None:
-        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{next(self._counter)}")
+        probe = os.path.join(self._tmp, f"probe.{os.getpid()}.{next(_NAMES)}")
         try:
             for folder in (self._entries, self._tmp, self._locks):
                 os.makedirs(folder, exist_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import mmap
 import posixpath
 import threading
 import uuid
@@ -30,7 +29,7 @@ from modelshard.errors import (
 from modelshard.fs import FileSystem, get_fs
 from modelshard.shards.checksums import Checksums, ChunkWriter, chunk_ends
 from modelshard.shards.format import ShardItem, read_header, write_shard
-from modelshard.verified import read_stream
+from modelshard.verified import fresh_pages, read_stream
 
 if TYPE_CHECKING:
     from modelshard.cache.preload import PreloadCache
@@ -113,16 +112,12 @@ def _runs(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _fresh(size: int) -> np.ndarray:
-    """``size`` bytes of new memory; from 1 MiB up, private anonymous pages in the base size,
-    all allocated at once.
-
-    Not ``np.empty``: numpy asks for transparent huge pages for large arrays, and the first
-    write to those cost 5-8 ms per MiB on the development VM, against 1-1.5 ms for base
-    pages, a little less again allocated in one call (docs/benchmarks.md, issue 9)."""
+    """``size`` bytes of new memory; from 1 MiB up, :func:`~modelshard.verified.fresh_pages`
+    (not ``np.empty``, whose transparent huge pages cost 5-8 ms per MiB at their first write
+    on the development VM, against 1-1.5 ms for base pages: docs/benchmarks.md, issue 9)."""
     if size < 1 << 20:
         return np.empty(size, np.uint8)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return np.frombuffer(mmap.mmap(-1, size, flags=flags), np.uint8)
+    return np.frombuffer(fresh_pages(size), np.uint8)
 
 
 def _size(shards: Sequence[ShardRecord]) -> int:

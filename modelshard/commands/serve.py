@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          help="requests in flight per model before 429 (default 64)")
     options.add_argument("--workers", type=int, default=4,
                          help="batches running at once (others may fetch their shards meanwhile)")
+    options.add_argument("--threads", type=int, default=1,
+                         help="torch threads per batch (default 1: the batches running at once, "
+                              "--workers, are the parallelism)")
     options.add_argument("--trust-code", action="store_true",
                          help="build a model factory that is not registered (as for predict)")
 
@@ -110,7 +113,7 @@ def _serve(args: argparse.Namespace) -> Output:
             reg.unregister(args.registry, where["host"], where["port"])
 
     asyncio.run(serve(server, host=args.host, port=args.port, pins=tuple(args.pin),
-                      on_listening=listening, on_stopping=stopping))
+                      on_listening=listening, on_stopping=stopping, threads=args.threads))
     return Output(where, "modelshard serve: stopped")
 
 
@@ -119,7 +122,7 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--budget", str(args.budget), "--policy", args.policy, "--alias-ttl", str(args.alias_ttl),
             "--max-body", str(args.max_body), "--max-records", str(args.max_records),
             "--timeout", str(args.timeout), "--max-concurrency", str(args.max_concurrency),
-            "--workers", str(args.workers)]
+            "--workers", str(args.workers), "--threads", str(args.threads)]
     for key in args.pin:
         argv += ["--pin", key]
     if args.cache_dir:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import threading
 import time
 from collections import deque
@@ -22,7 +21,7 @@ from modelshard.errors import IntegrityError, NotFoundError, UsageError
 from modelshard.fs.base import FileSystem
 from modelshard.fs.locality import replica_is_local
 from modelshard.scheduler.policies import EvictionPolicy, make_policy
-from modelshard.verified import read_stream
+from modelshard.verified import fresh_pages, read_stream
 
 log = logging.getLogger(__name__)
 
@@ -540,10 +539,7 @@ def fetch_shard(fs: FileSystem, ref: ShardRef, *, cache: PreloadCache | None = N
         data = cache.map(fs, ref.path, sha256=ref.sha256, size=ref.size,
                          checksums=ref.checksums, model=ref.model)
     else:
-        # Memory of its own, given back to the system when the last view goes: shards of
-        # MiBs allocated and freed all day would fragment the allocator's heap (glibc raises
-        # its mmap threshold after the first large free and serves the next from the heap).
-        data = mmap.mmap(-1, ref.size) if ref.size else bytearray()
+        data = fresh_pages(ref.size)
         read_stream(fs, ref.path, ref, model=ref.model, into=[(0, memoryview(data))])
         local = replica_is_local(fs, ref.path)
     view = memoryview(data)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import posixpath
 import threading
 import time
@@ -50,7 +49,7 @@ from modelshard.errors import IntegrityError, ModelShardError, UsageError
 from modelshard.loading.convert import convert
 from modelshard.loading.sources import shard_ref
 from modelshard.scheduler import ShardScheduler, fetch_shard
-from modelshard.verified import VerifiedShard
+from modelshard.verified import VerifiedShard, fresh_pages
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +427,7 @@ def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
         return convert(parts[0], t.dtype, t.shape, "torch", None)
     # Joined once per batch, in memory of its own (one copy; freed to the system after the
     # batch, not left in the allocator's heap as MiBs of holes).
-    raw = mmap.mmap(-1, sum(len(p) for p in parts))
+    raw = fresh_pages(sum(len(p) for p in parts))
     pos = 0
     for part in parts:
         raw[pos:pos + len(part)] = part

@@ -326,11 +326,22 @@ class _PoolCollector:
 async def serve(server: Server, *, host: str = "127.0.0.1", port: int = 0,
                 on_listening: Callable[[str, int], object] | None = None,
                 on_stopping: Callable[[], object] | None = None,
-                shutdown_timeout_s: float = 30.0, pins: tuple[str, ...] = ()) -> None:
+                shutdown_timeout_s: float = 30.0, pins: tuple[str, ...] = (),
+                threads: int | None = 1) -> None:
     """Run ``server`` until SIGTERM or SIGINT, then shut down gracefully: stop being ready,
     stop accepting, let requests in flight finish (up to ``shutdown_timeout_s``), free the
     pool. ``pins`` are loaded before the server is ready; ``on_listening(host, port)`` is
-    called once it listens (port 0: a free port), ``on_stopping()`` as it stops."""
+    called once it listens (port 0: a free port), ``on_stopping()`` as it stops. ``threads``:
+    torch's threads per batch (None: torch's default, one per core)."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"threads={threads}: give 1 or more")
+        import torch
+
+        # The server's workers already run batches side by side: torch's default of one
+        # thread per core in each of them oversubscribes the cores (on the 2-core VM, 4
+        # workers ran 8 threads; docs/benchmarks.md, issue 14).
+        torch.set_num_threads(threads)
     runner = web.AppRunner(server.app, shutdown_timeout=shutdown_timeout_s, access_log=None,
                            handle_signals=False)
     await runner.setup()

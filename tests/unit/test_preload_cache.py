@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -291,3 +292,25 @@ def test_processes_sharing_one_cache(tmp_path, remote):
         with open(cache.entry_path(digest), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest
     assert os.listdir(os.path.join(cache_dir, "tmp")) == []
+
+
+def test_many_caches_over_one_folder_open_at_once_in_one_process(tmp_path):
+    # The server opens one per model it builds, from several threads: their temp names
+    # (the probe of the folder at opening) must never collide.
+    errors = []
+    start = threading.Barrier(8)
+
+    def opener() -> None:
+        start.wait()
+        for _ in range(100):
+            try:
+                PreloadCache(tmp_path / "cache", max_bytes=1 << 20)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+    threads = [threading.Thread(target=opener) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

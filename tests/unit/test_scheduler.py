@@ -309,3 +309,16 @@ def test_for_shards_reads_through_the_preload_cache(tmp_path):
     damaged = ShardScheduler.for_shards(refs, fs=fs, budget_bytes=8000, prefetch_depth=0)
     with pytest.raises(IntegrityError, match="sha256 .* where the manifest says .*damaged"), damaged.acquire(refs[2]):
         pass
+
+
+def test_fresh_pages_are_zeroed_writable_memory_of_their_own():
+    import mmap
+
+    from modelshard.verified import fresh_pages
+
+    buf = fresh_pages(3 << 20)
+    assert isinstance(buf, mmap.mmap) and len(buf) == 3 << 20
+    assert buf[:16] == bytes(16) and buf[-16:] == bytes(16)
+    buf[-1:] = b"\x01"
+    assert fresh_pages(3 << 20)[-1:] == b"\x00"  # a new buffer each time
+    assert fresh_pages(0) == bytearray()

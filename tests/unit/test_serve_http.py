@@ -23,6 +23,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from modelshard.catalog.catalog import Catalog
+from modelshard.errors import UsageError
 from modelshard.serve import ModelPool, Server
 from modelshard.serve import registry as reg
 from tests.unit.test_serve_pool import manifest, nbytes, push_mlp, rows
@@ -289,3 +290,18 @@ def test_status_page_in_headless_chromium(served, tmp_path):
     assert re.search(r'held of 64\.0 MiB', dom)
     assert re.search(r"hits \d+, misses \d+", dom)
     assert re.search(r'<polyline [^>]*points="[\d.]+,[\d.]+', dom)
+
+
+def test_torch_threads_per_batch_are_an_option_forwarded_to_replicas(cat):
+    import argparse
+
+    from modelshard.commands.serve import _serve_argv
+    from modelshard.serve import serve
+
+    with ModelPool(cat, budget_bytes=1 << 20) as pool, pytest.raises(UsageError, match="threads=0"):
+        asyncio.run(serve(Server(pool), threads=0))
+    args = argparse.Namespace(budget=1 << 20, policy="gdsf", alias_ttl=2.0, max_body=1 << 20, max_records=8,
+                              timeout=30.0, max_concurrency=4, workers=4, threads=2, pin=[], cache_dir=None,
+                              cache_max_bytes=None, idle_release=None, trust_code=False)
+    argv = _serve_argv(args)
+    assert argv[argv.index("--threads") + 1] == "2"

@@ -60,6 +60,23 @@ def test_predictions_are_the_modules_own_and_bad_records_say_why(cat):
     assert got[5][0] == "bad" and "number" in got[5][1]
 
 
+def test_a_weight_split_across_shards_is_joined_exactly(cat):
+    # 64x256 F32 weight = 64 KiB in shards of 16 KiB: it spans several of them.
+    model = push_mlp(cat, "a", [256, 64, 3], shard_size=16 << 10)
+    m = manifest(cat, "a@prod")
+    assert max(len(t.pieces) for t in m.tensors.values()) > 2
+    x = rows(5, 256)
+    with ModelPool(cat, budget_bytes=1 << 20) as pool:
+        target = pool.resolve("a@prod")
+        for _ in range(2):  # fetched, then from memory
+            got = pool.predict(target, [{"x": r} for r in x], output="scores")
+            want = model(torch.tensor(x)).softmax(-1).tolist()
+            np.testing.assert_allclose([v for _, v in got], want, atol=1e-6)
+        with pool.hold(target) as held:
+            for name, t in model.state_dict().items():
+                assert torch.equal(held.tensors[name], t), name
+
+
 def test_text_inputs_match_the_batch_predictor(cat, tmp_path):
     folder = tiny_bert(tmp_path / "bert")
     modelshard.push(str(folder), "bert", catalog=cat, aliases=["prod"])
