@@ -1,6 +1,7 @@
 """Benchmarks of the streaming jobs (issue 4), each side by side with its baseline:
 
-* training: parameter averaging over 4 splits, SGD momentum kept (mr_train on the
+* training: parameter averaging over 4 splits, each with its share of the batch, SGD
+  momentum kept (mr_train on the
   runners of --train-runners; they give the same bits) vs single-process training, same
   epochs, data and seeds;
 * prediction: mr_predict on the local runner vs in-process batched torch inference reading,
@@ -80,8 +81,8 @@ def bench_train(tmp: Path, runs: int, epochs: int, lr: float, runner: str) -> No
         if hdfs:
             get_fs(hdfs)[0].delete(get_fs(hdfs)[1], recursive=True)
     a, b = statistics.median(avg_acc), statistics.median(ref_acc)
-    rows.append((f"training: test accuracy, 4-split averaging, momentum kept ({runner} runner) vs single "
-                 f"process ({epochs} epochs, digits, median of {runs} seeds)",
+    rows.append((f"training: test accuracy, 4-split averaging, the batch shared, momentum kept ({runner} runner) "
+                 f"vs single process ({epochs} epochs, digits, median of {runs} seeds)",
                  f"{a:.4f}", f"{b:.4f}", f"{(a - b) * 100:+.2f} pp", "within 0.5 pp"))
 
 
