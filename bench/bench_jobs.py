@@ -1,9 +1,8 @@
 """Benchmarks of the streaming jobs (issue 4), each side by side with its baseline:
 
 * training: parameter averaging over 4 splits, each with its share of the batch, SGD
-  momentum kept (mr_train on the
-  runners of --train-runners; they give the same bits) vs single-process training, same
-  epochs, data and seeds;
+  momentum kept (mr_train on the runners of --train-runners; they give the same bits) vs
+  single-process training, same epochs, data and seeds;
 * prediction: mr_predict on the local runner vs in-process batched torch inference reading,
   parsing and writing the same rows; on YARN, two input sizes separate the fixed start-up
   cost from the per-record rate;
