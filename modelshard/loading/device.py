@@ -232,8 +232,7 @@ class _Reader:
     def __init__(self, handle: ModelHandle, record: ShardRecord, closing: contextlib.ExitStack,
                  expected: dict[str, tuple[str, int, int]]) -> None:
         self._h, self.record, self._expected = handle, record, expected
-        self._path = handle.catalog.version_dir(handle.manifest.name,
-                                                handle.manifest.version) + "/" + record.path
+        self._path = _shard_path(handle, record)
         self._closing = closing
         self._lock = threading.Lock()
         self._target = threading.local()
@@ -266,7 +265,7 @@ class _Reader:
     def _attach(self) -> None:
         h, rec, fs = self._h, self.record, self._h.catalog.fs
         cache, trusted = h._cache, False
-        if cache is not None and (h._fill_cache or cache.contains(rec.sha256)):
+        if _through_cache(h, rec):
             # Checked whole in this map (a hit) or on its way into the cache (a miss): the
             # slots are filled from these very pages, which are not checked again.
             self._mapped = cache.map(fs, self._path, sha256=rec.sha256, size=rec.size,
@@ -277,8 +276,7 @@ class _Reader:
             try:
                 self._fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError as e:
-                raise NotFoundError(f"{h.key}: shard {path} is missing; 'modelshard verify "
-                                    f"{h.key}' checks the version") from e
+                raise _missing(h, path) from e
             except OSError as e:
                 raise StorageError(f"{path}: cannot read the shard ({e.strerror or e})") from e
             self._closing.callback(os.close, self._fd)
@@ -420,11 +418,10 @@ def _streamed(handle: ModelHandle, wants: Sequence[_Want], records: Mapping[str,
     for w in wants:
         if w.end > w.begin:
             by_shard.setdefault(w.shard, []).append(w)
-    cache, out = handle._cache, {}
+    out = {}
     for shard, ws in by_shard.items():
         rec = records[shard]
-        if rec.checksums is None or (cache is not None and (handle._fill_cache
-                                                             or cache.contains(rec.sha256))):
+        if rec.checksums is None or _through_cache(handle, rec):
             continue
         if any(w.dest.device.type != "cpu" or not _byte_copy(w.dtype, w.dest) for w in ws):
             continue
@@ -441,31 +438,43 @@ def _stream(handle: ModelHandle, rec: ShardRecord, wants: Sequence[_Want],
     checked as they arrive; its header checked to list ``expected``."""
     import torch
 
-    fs = handle.catalog.fs
-    path = handle.catalog.version_dir(handle.manifest.name, handle.manifest.version) + "/" + \
-        rec.path
+    fs, path = handle.catalog.fs, _shard_path(handle, rec)
     header = memoryview(bytearray(rec.checksums.data_start))
     into = [(0, header)]
     for w in wants:
         isz = w.dest.element_size()
         flat = memoryview(w.dest.view(torch.uint8).numpy())
         into.append((w.begin, flat[w.at * isz:w.at * isz + w.end - w.begin]))
-    local = fs.local_path(path) is not None
     try:
         read_stream(fs, path, rec, model=handle.key, into=into, progress=progress,
                     unverified_for_benchmarks=handle._unverified)
     except NotFoundError as e:
-        raise NotFoundError(f"{handle.key}: shard {fs.uri(path)} is missing; 'modelshard verify "
-                            f"{handle.key}' checks the version") from e
+        raise _missing(handle, fs.uri(path)) from e
     if not handle._unverified:
         try:
             expected_header(bytes(header[8:]), expected, size=rec.size, uri=fs.uri(path))
         except ValueError as e:
             raise damaged(handle.key, fs.uri(path), str(e)) from e
-    handle._counters.source("file" if local else "range",
-                            local=local or replica_is_local(fs, path))
+    handle._counters.source("file" if fs.local_path(path) is not None else "range",
+                            local=replica_is_local(fs, path))
     handle._add_counts([{"range_reads": 1, "range_bytes": rec.size,
                          "verified_bytes": 0 if handle._unverified else rec.size}])
+
+
+def _shard_path(handle: ModelHandle, rec: ShardRecord) -> str:
+    return handle.catalog.version_dir(handle.manifest.name, handle.manifest.version) + "/" + rec.path
+
+
+def _through_cache(handle: ModelHandle, rec: ShardRecord) -> bool:
+    """Whether shard ``rec`` is read through the handle's preload cache (a hit, or a miss on
+    its way in): its map is checked whole there."""
+    cache = handle._cache
+    return cache is not None and (handle._fill_cache or cache.contains(rec.sha256))
+
+
+def _missing(handle: ModelHandle, where: str) -> NotFoundError:
+    return NotFoundError(f"{handle.key}: shard {where} is missing; 'modelshard verify {handle.key}' "
+                         "checks the version")
 
 
 def _byte_copy(dtype: Any, dest: Any) -> bool:

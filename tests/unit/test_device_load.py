@@ -143,10 +143,8 @@ def test_a_pool_smaller_than_one_chunk_is_refused_by_name(staged, cat):
             load_state_dict_to(h, [("f32", None)], device=CPU, pool_bytes=-1)
 
 
-@pytest.mark.parametrize("device", ["cuda:0", "meta", "disk", "tpu", 3.5])
+@pytest.mark.parametrize("device", ["cuda:99", "meta", "disk", "tpu", 3.5])
 def test_a_device_this_machine_lacks_is_one_clear_error(cat, device):
-    if device == "cuda:0" and torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA device")
     with pytest.raises(UsageError, match="device="):
         modelshard.load("m", catalog=cat, device=device)
 
