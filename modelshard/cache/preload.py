@@ -239,6 +239,13 @@ class PreloadCache:
                 f"max_bytes={self.max_bytes}; raise the cache budget"
             )
         entry = self.entry_path(digest)
+        # A hit takes no lock: an entry is never changed in place (it is written aside and
+        # renamed in) and a map stays valid if the entry is evicted meanwhile. A miss, or an
+        # entry that fails its check, is handled under the entry's lock.
+        mapped = self._map_if_intact(entry, ref, drop_damaged=False)
+        if mapped is not None:
+            self._count(hits=1)
+            return mapped
         with self._entry_lock(digest):
             mapped = self._map_if_intact(entry, ref)
             if mapped is not None:
@@ -249,9 +256,10 @@ class PreloadCache:
             # Not checked again: the entry holds the bytes that were checked on their way in.
             return _map_entry(entry)
 
-    def _map_if_intact(self, entry: str, ref: ShardRef) -> Any:
+    def _map_if_intact(self, entry: str, ref: ShardRef, *, drop_damaged: bool = True) -> Any:
         """The entry mapped, if its bytes still match ``ref`` (checked in the map itself);
-        None if there is none; a damaged entry is deleted."""
+        None if there is none or it is damaged (then deleted, if ``drop_damaged``: only under
+        the entry's lock, lest a good entry fetched meanwhile be deleted)."""
         try:
             mapped = _map_entry(entry)
         except FileNotFoundError:
@@ -268,6 +276,8 @@ class PreloadCache:
             pass
         if isinstance(mapped, mmap.mmap):
             mapped.close()
+        if not drop_damaged:
+            return None
         log.warning("%s: cache entry of %s damaged (checksum mismatch); fetching it again",
                     entry, ref.path)
         self._count(corrupt_dropped=1)

@@ -367,7 +367,8 @@ class ShardScheduler(Generic[K]):
         e = self._entries[key]
         e.refs -= 1
         e.last_used = time.monotonic()
-        self._cond.notify_all()
+        if not e.refs:  # only then can a waiter evict it; waking them all for nothing costs CPU
+            self._cond.notify_all()
 
     def _load(self, key: K, e: _Entry) -> Any:
         """Fetch into a reserved entry (called without the lock); undo the reservation if

@@ -35,7 +35,7 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,10 +137,9 @@ class ModelPool:
         now; an alias is looked up again once its resolution is ``alias_ttl_s`` old. A pinned
         key whose alias moved gets the new version pinned in place of the old."""
         now = time.monotonic()
-        with self._cond:
-            hit = self._resolved.get(key)
-        if hit is not None and now - hit[1] < self.alias_ttl_s:
-            return hit[0]
+        hit = self.resolved(key)
+        if hit is not None:
+            return hit
         name, version = self.catalog.resolve(key)
         target = f"{name}@{version}"
         with self._cond:
@@ -150,6 +149,13 @@ class ModelPool:
             self._move_pin(key, target)
         self._retire()
         return target
+
+    def resolved(self, key: str) -> str | None:
+        """What :meth:`resolve` gives for ``key`` if that needs no lookup now, else None (it
+        never waits on the catalog: the server calls it on its event loop)."""
+        with self._cond:
+            hit = self._resolved.get(key)
+        return hit[0] if hit is not None and time.monotonic() - hit[1] < self.alias_ttl_s else None
 
     def _register(self, target: str) -> _Version:
         with self._cond:
@@ -263,24 +269,36 @@ class ModelPool:
             with self._cond:
                 v.in_flight -= 1
                 v.last_used = time.monotonic()
-                self._cond.notify_all()
+                if not v.in_flight:  # only then is there more room to admit another version
+                    self._cond.notify_all()
             self._trim()
             self._retire()
 
     def _acquire_all(self, v: _Version, stack: contextlib.ExitStack) -> dict[str, Any]:
-        """Every shard of ``v``, the missing ones fetched in parallel (``fetch_workers``);
-        each one acquired is released by ``stack``, also when another fails. Admission has
-        made room, so no fetch waits for another batch's shards."""
+        """Every shard of ``v``; the missing ones fetched in parallel (``fetch_workers`` and
+        this thread, which takes those in memory itself: a hand-off to another thread per
+        shard costs more than a hit). Each one acquired is released by ``stack``, also when
+        another fails. Admission has made room, so no fetch waits for another batch's shards."""
         leases = {path: self.scheduler.acquire(ref) for path, ref in v.refs.items()}
-        futures = {path: self._fetcher.submit(lease.__enter__) for path, lease in leases.items()}
-        bufs, failure = {}, None
-        for path, fut in futures.items():
+        missing = [path for path, ref in v.refs.items() if not self.scheduler.contains(ref)]
+        futures = {path: self._fetcher.submit(leases[path].__enter__) for path in missing[1:]}
+        bufs: dict[str, Any] = {}
+        failure: BaseException | None = None
+
+        def take(path: str, get: Callable[[], Any]) -> None:
+            nonlocal failure
             try:
-                bufs[path] = fut.result()
+                bufs[path] = get()
             except BaseException as e:  # noqa: BLE001 - raised below, once all are accounted for
                 failure = failure or e
-                continue
+                return
             stack.push(leases[path].__exit__)
+
+        for path, lease in leases.items():
+            if path not in futures and failure is None:
+                take(path, lease.__enter__)
+        for path, fut in futures.items():
+            take(path, fut.result)
         if failure is not None:
             raise failure
         return bufs

@@ -189,7 +189,8 @@ class Server:
         try:
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.timeout_s):
-                target = await loop.run_in_executor(self._executor, self.pool.resolve, key)
+                target = self.pool.resolved(key) or await loop.run_in_executor(
+                    self._executor, self.pool.resolve, key)
                 results = await asyncio.shield(self._submit((target, inputs, output), records))
         finally:
             self._in_flight[key] -= 1

@@ -134,6 +134,43 @@ def test_entry_damaged_on_disk_is_dropped_and_fetched_again(tmp_path, remote):
     assert fs.opens == 3 and cache.stats().corrupt_dropped == 2
 
 
+def _hold_lock_in_another_process(path: str) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock\n"
+         f"with FileLock({path!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_hit_is_served_while_another_process_holds_the_entry_lock(tmp_path, remote):
+    """A hit takes no lock (an entry is never changed in place); a damaged entry is only
+    dropped under the lock, so with the lock held elsewhere it is waited for, never deleted."""
+    (ref,) = make_shards(remote, [50_000])
+    fs = LocalFileSystem()
+    cache = PreloadCache(tmp_path / "cache", max_bytes=1 << 20, lock_timeout_s=0.5)
+    local = get(cache, fs, ref)
+    holder = _hold_lock_in_another_process(
+        str(tmp_path / "cache" / "locks" / ref.sha256[:2] / f"{ref.sha256}.lock"))
+    try:
+        started = time.monotonic()
+        assert cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size) == read(ref.path)
+        assert time.monotonic() - started < 0.5
+        with open(local, "r+b") as f:  # flip one bit: no longer a hit
+            f.seek(100)
+            b = f.read(1)
+            f.seek(100)
+            f.write(bytes([b[0] ^ 0x01]))
+        with pytest.raises(StorageError, match="entry .* lock"):
+            cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size)
+        assert os.path.exists(local) and cache.stats().corrupt_dropped == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cache.read(fs, ref.path, sha256=ref.sha256, size=ref.size) == read(ref.path)
+    assert cache.stats().corrupt_dropped == 1
+
+
 def test_lru_eviction_keeps_the_budget(tmp_path, remote):
     refs = make_shards(remote, [1000, 1000, 1000, 1000])
     fs = LocalFileSystem()
