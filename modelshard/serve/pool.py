@@ -1,19 +1,19 @@
 """Many models in one process under one byte budget: :class:`ModelPool`.
 
-One :class:`~modelshard.scheduler.ShardScheduler` holds the shards of every version served,
-keyed by :class:`~modelshard.cache.preload.ShardRef` (whose path names the version), under
-one ``budget_bytes``. A batch of requests to one version:
+One :class:`~modelshard.scheduler.ShardScheduler` holds the units of every version served
+(its shards, and its tensors split across shards held joined: :mod:`modelshard.serve.layout`),
+under one ``budget_bytes``. A batch of requests to one version:
 
 1. is *admitted*: the versions in use or pinned, this one included, must fit the budget
    together (else the batch waits), so that the scheduler can always make room by evicting
-   idle shards and two batches can never deadlock holding half a model each;
-2. acquires every shard of its version (fetched on demand, through the preload cache if
-   one is configured, checked whole as fetched; a shard's header is checked against the
-   manifest at its first use) and holds them while it runs;
-3. runs the model over tensors that are views of the held shard buffers (no copy), with
+   idle units and two batches can never deadlock holding half a model each;
+2. acquires every unit of its version (fetched on demand, through the preload cache if
+   one is configured, each shard checked whole as fetched; a shard's header is checked
+   against the manifest at its first use) and holds them while it runs;
+3. runs the model over tensors that are views of the held buffers (no copy, no join), with
    :func:`torch.func.functional_call` on a weightless copy of the module (meta tensors);
-4. releases the shards, which stay in memory until the cost-aware policy evicts them for
-   another version's shards, or until ``idle_release_s`` without use.
+4. releases the units, which stay in memory until the cost-aware policy evicts them for
+   another version's, or until ``idle_release_s`` without use.
 
 A model whose bytes exceed the budget (less the pinned versions) is **refused** with a
 :class:`TooLargeError`: a forward pass needs every weight at once, so streaming layers would
@@ -48,7 +48,8 @@ from modelshard.catalog.manifest import Manifest, TensorRecord
 from modelshard.errors import IntegrityError, ModelShardError, UsageError
 from modelshard.loading.convert import convert
 from modelshard.loading.sources import shard_ref
-from modelshard.scheduler import ShardScheduler, fetch_shard
+from modelshard.scheduler import Fetched, ShardScheduler, fetch_shard
+from modelshard.serve.layout import Layout, PartRef
 from modelshard.verified import VerifiedShard, fresh_pages
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class _Version:
     key: str  # name@version
     manifest: Manifest
     refs: dict[str, ShardRef]  # by the manifest's shard path
-    nbytes: int
+    layout: Layout
     in_flight: int = 0
     pinned: int = 0  # pin() calls
     failure: ModelShardError | None = None
@@ -84,6 +85,14 @@ class _Version:
     requests: int = 0
     runner: Any = None  # the model, built at its first batch (modelshard.serve.runner)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout.nbytes
+
+    @property
+    def units(self) -> Iterable[ShardRef | PartRef]:
+        return self.layout.units.values()
 
 
 class ModelPool:
@@ -119,9 +128,8 @@ class ModelPool:
         self.max_models = max_models
         self.wait_timeout_s = wait_timeout_s
         self.trust_code = trust_code
-        fs = self.catalog.fs
-        self.scheduler: ShardScheduler[ShardRef] = ShardScheduler(
-            lambda ref: fetch_shard(fs, ref, cache=cache, writable=True), {},
+        self.scheduler: ShardScheduler[ShardRef | PartRef] = ShardScheduler(
+            self._fetch_unit, {},
             budget_bytes=budget_bytes, policy=policy, prefetch_depth=0,
             idle_timeout_s=idle_release_s, wait_timeout_s=wait_timeout_s)
         self._cond = threading.Condition()
@@ -166,12 +174,12 @@ class ModelPool:
         manifest = self.catalog.manifest(name, version)
         vdir = self.catalog.version_dir(name, version)
         refs = {s.path: shard_ref(s, posixpath.join(vdir, s.path), target) for s in manifest.shards}
-        v = _Version(target, manifest, refs, sum(r.size for r in refs.values()))
+        v = _Version(target, manifest, refs, Layout.of(manifest, refs, target))
         with self._cond:
             if target in self._versions:
                 return self._versions[target]
             if v.nbytes <= self.budget_bytes:  # a larger one is refused at admission
-                self.scheduler.add({r: r.size for r in refs.values()})
+                self.scheduler.add({u: u.size for u in v.units})
             self._versions[target] = v
         return v
 
@@ -209,12 +217,12 @@ class ModelPool:
             v.pinned += 1
         done = []
         try:
-            for ref in v.refs.values():
-                self.scheduler.pin(ref)
-                done.append(ref)
+            for unit in v.units:
+                self.scheduler.pin(unit)
+                done.append(unit)
         except BaseException:
-            for ref in done:
-                self.scheduler.unpin(ref)
+            for unit in done:
+                self.scheduler.unpin(unit)
             with self._cond:
                 v.pinned -= 1
             raise
@@ -222,8 +230,8 @@ class ModelPool:
     def _unpin_version(self, target: str) -> None:
         with self._cond:
             v = self._versions[target]
-            for ref in v.refs.values():
-                self.scheduler.unpin(ref)
+            for unit in v.units:
+                self.scheduler.unpin(unit)
             v.pinned -= 1
             self._cond.notify_all()
 
@@ -256,7 +264,8 @@ class ModelPool:
                 bufs = self._acquire_all(v, stack)
                 try:
                     self._check_headers(v, bufs)
-                    tensors = {name: _tensor(t, bufs) for name, t in v.manifest.tensors.items()}
+                    tensors = {name: _tensor(t, bufs, v.layout.where[name])
+                               for name, t in v.manifest.tensors.items()}
                 except IntegrityError as e:
                     self._fail(v, e)
                     raise UnavailableError(f"{target} failed verification and is not served: {e}") from e
@@ -270,17 +279,20 @@ class ModelPool:
                 v.in_flight -= 1
                 v.last_used = time.monotonic()
                 if not v.in_flight:  # only then is there more room to admit another version
+                    if v.failure is not None and not v.pinned:  # never served again: free it
+                        self._drop_shards(v)
                     self._cond.notify_all()
             self._trim()
             self._retire()
 
     def _acquire_all(self, v: _Version, stack: contextlib.ExitStack) -> dict[str, Any]:
-        """Every shard of ``v``; the missing ones fetched in parallel (``fetch_workers`` and
-        this thread, which takes those in memory itself: a hand-off to another thread per
-        shard costs more than a hit). Each one acquired is released by ``stack``, also when
-        another fails. Admission has made room, so no fetch waits for another batch's shards."""
-        leases = {path: self.scheduler.acquire(ref) for path, ref in v.refs.items()}
-        missing = [path for path, ref in v.refs.items() if not self.scheduler.contains(ref)]
+        """Every unit of ``v`` (by label); the missing ones fetched in parallel
+        (``fetch_workers`` and this thread, which takes those in memory itself: a hand-off to
+        another thread per unit costs more than a hit). Each one acquired is released by
+        ``stack``, also when another fails. Admission has made room, so no fetch waits for
+        another batch's units."""
+        leases = {label: self.scheduler.acquire(u) for label, u in v.layout.units.items()}
+        missing = [label for label, u in v.layout.units.items() if not self.scheduler.contains(u)]
         futures = {path: self._fetcher.submit(leases[path].__enter__) for path in missing[1:]}
         bufs: dict[str, Any] = {}
         failure: BaseException | None = None
@@ -304,11 +316,11 @@ class ModelPool:
         return bufs
 
     def in_memory(self, target: str) -> bool:
-        """Whether every shard of version ``target`` is in memory now (it may not be a
+        """Whether every unit of version ``target`` is in memory now (it may not be a
         moment later)."""
         with self._cond:
             v = self._versions.get(target)
-        return v is not None and all(self.scheduler.contains(r) for r in v.refs.values())
+        return v is not None and all(self.scheduler.contains(u) for u in v.units)
 
     def predict(self, target: str, records: Sequence[dict], *, inputs: str = "features",
                 output: str = "class") -> list[tuple[str, Any]]:
@@ -356,17 +368,36 @@ class ModelPool:
                 self._cond.wait(remaining)
 
     def _check_headers(self, v: _Version, bufs: dict[str, Any]) -> None:
-        expected = None
         for path, buf in bufs.items():
-            if path in v.headers_checked:
+            if path in v.headers_checked or path not in v.refs:  # a part: checked as fetched
                 continue
-            expected = expected or v.manifest.shard_entries()
-            rec = v.refs[path]
-            record = next(s for s in v.manifest.shards if s.path == path)
-            VerifiedShard.over_buffer(buf, record, model=v.key, uri=self.catalog.fs.uri(rec.path),
-                                      checked=True).header(expected[path])
+            self._check_header(v, path, buf)
             with self._cond:
                 v.headers_checked.add(path)
+
+    def _check_header(self, v: _Version, path: str, buf: Any) -> None:
+        record = next(s for s in v.manifest.shards if s.path == path)
+        VerifiedShard.over_buffer(buf, record, model=v.key, uri=self.catalog.fs.uri(v.refs[path].path),
+                                  checked=True).header(v.manifest.shard_entries()[path])
+
+    def _fetch_unit(self, unit: ShardRef | PartRef) -> Fetched:
+        """A unit's bytes, checked (called by the scheduler, from several threads): a shard
+        as :func:`~modelshard.scheduler.fetch_shard` gives it; a part copied out of its
+        shards, each fetched so, checked whole and its header checked."""
+        if isinstance(unit, ShardRef):
+            return fetch_shard(self.catalog.fs, unit, cache=self.cache, writable=True)
+        with self._cond:
+            v = self._versions[unit.model]
+        out = memoryview(fresh_pages(unit.size))
+        local: bool | None = True
+        for path, spans in v.layout.plans[unit.name].items():
+            got = fetch_shard(self.catalog.fs, v.refs[path], cache=self.cache)
+            self._check_header(v, path, got.data)
+            for s in spans:
+                out[s.at:s.at + s.end - s.begin] = got.data[s.begin:s.end]
+            local = local and got.local
+            del got
+        return Fetched(out, local=local)
 
     def _fail(self, v: _Version, e: ModelShardError) -> None:
         log.error("%s: %s; the version is not served any more", v.key, e)
@@ -380,14 +411,14 @@ class ModelPool:
             return
         with self._cond:
             resident = [v for v in self._versions.values()
-                        if any(self.scheduler.contains(r) for r in v.refs.values())]
+                        if any(self.scheduler.contains(u) for u in v.units)]
             idle = sorted((v for v in resident if not v.in_flight and not v.pinned),
                           key=lambda v: v.last_used)
             for v in idle[:max(0, len(resident) - self.max_models)]:
                 self._drop_shards(v)
 
     def _drop_shards(self, v: _Version) -> None:
-        sizes = {r: r.size for r in v.refs.values()}
+        sizes = {u: u.size for u in v.units}
         self.scheduler.remove(sizes)
         self.scheduler.add(sizes)
 
@@ -400,23 +431,25 @@ class ModelPool:
                 # Recently used ones stay a while: a batch may be on its way to them.
                 if key not in named and not v.in_flight and not v.pinned \
                         and now - v.last_used > self.alias_ttl_s:
-                    self.scheduler.remove(v.refs.values())
+                    self.scheduler.remove(v.units)
                     del self._versions[key]
 
     # -- reporting -------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
         """Per version known: its bytes, the bytes in memory now, pins, batches in flight and
-        whether it failed (``GET /v1/models``)."""
+        whether it failed (``GET /v1/models``). ``shards`` and ``resident_shards`` count its
+        units (:mod:`modelshard.serve.layout`): its shards, save that the tensors of shards a
+        split tensor crosses are held as parts."""
         with self._cond:
             names: dict[str, list[str]] = {}
             for key, (target, _) in self._resolved.items():
                 names.setdefault(target, []).append(key)
             out = []
             for key, v in sorted(self._versions.items()):
-                resident = [r for r in v.refs.values() if self.scheduler.contains(r)]
+                resident = [u for u in v.units if self.scheduler.contains(u)]
                 out.append({
                     "model": key, "keys": sorted(names.get(key, [])), "bytes": v.nbytes,
-                    "shards": len(v.refs), "resident_shards": len(resident),
+                    "shards": len(v.layout.units), "resident_shards": len(resident),
                     "resident_bytes": sum(r.size for r in resident), "pinned": bool(v.pinned),
                     "in_flight": v.in_flight, "batches": v.requests,
                     "failed": str(v.failure) if v.failure else None})
@@ -437,20 +470,10 @@ class ModelPool:
         self.close()
 
 
-def _tensor(t: TensorRecord, bufs: dict[str, Any]) -> Any:
-    """The torch tensor of ``t`` over the held buffers: a view, or (a tensor split across
-    shards) the pieces joined."""
-    parts = [memoryview(bufs[p.shard])[p.begin:p.end] for p in t.pieces]
-    if len(parts) == 1:
-        return convert(parts[0], t.dtype, t.shape, "torch", None)
-    # Joined once per batch, in memory of its own (one copy; freed to the system after the
-    # batch, not left in the allocator's heap as MiBs of holes).
-    raw = fresh_pages(sum(len(p) for p in parts))
-    pos = 0
-    for part in parts:
-        raw[pos:pos + len(part)] = part
-        pos += len(part)
-    return convert(raw, t.dtype, t.shape, "torch", None)
+def _tensor(t: TensorRecord, bufs: dict[str, Any], where: tuple[str, int, int]) -> Any:
+    """The torch tensor of ``t``: a view of the held buffer of its unit."""
+    label, begin, end = where
+    return convert(memoryview(bufs[label])[begin:end], t.dtype, t.shape, "torch", None)
 
 
 def records_as_lines(records: Iterable[dict]) -> list[str]:

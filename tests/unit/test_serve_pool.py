@@ -75,6 +75,37 @@ def test_a_weight_split_across_shards_is_joined_exactly(cat):
         with pool.hold(target) as held:
             for name, t in model.state_dict().items():
                 assert torch.equal(held.tensors[name], t), name
+            first = held.tensors["0.weight"].data_ptr()
+        with pool.hold(target) as held:  # held joined, not joined again for each batch
+            assert held.tensors["0.weight"].data_ptr() == first
+        # No byte is held twice: a crossed shard's other tensors are held apart from the
+        # split one (each copied tensor starts 64-byte aligned).
+        tensor_bytes = sum(t.nbytes for t in m.tensors.values())
+        assert tensor_bytes <= pool.scheduler.stats().bytes_held <= tensor_bytes + 64 * len(m.tensors)
+        assert pool.models()[0]["resident_bytes"] == pool.scheduler.stats().bytes_held
+
+
+@pytest.mark.parametrize("through_cache", [False, True])
+def test_a_damaged_shard_under_a_joined_tensor_is_never_served(cat, tmp_path, through_cache):
+    from modelshard.cache.preload import PreloadCache
+
+    push_mlp(cat, "a", [256, 64, 3], shard_size=16 << 10)
+    good = push_mlp(cat, "good", [8, 4], seed=3)
+    m = manifest(cat, "a@1")
+    crossed = m.tensors["0.weight"].pieces[1]
+    with open(os.path.join(Catalog(cat).version_dir("a", "1"), crossed.shard), "r+b") as f:
+        f.seek(crossed.begin + 5)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x10]))
+    cache = PreloadCache(str(tmp_path / "cache"), max_bytes=1 << 24) if through_cache else None
+    with ModelPool(cat, budget_bytes=1 << 20, cache=cache) as pool:
+        for _ in range(2):
+            with pytest.raises(UnavailableError, match="a@1 failed verification"):
+                pool.predict(pool.resolve("a@prod"), [{"x": [0.0] * 256}])
+            assert pool.predict(pool.resolve("good@prod"), [{"x": [1.0] * 8}])[0] == (
+                "ok", good(torch.ones(1, 8)).argmax(-1).item())
+        assert pool.scheduler.stats().bytes_held == nbytes(cat, "good@1")
 
 
 def test_text_inputs_match_the_batch_predictor(cat, tmp_path):
