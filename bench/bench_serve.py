@@ -133,8 +133,9 @@ def rss_bytes(pid: int) -> int:
 
 
 async def load(url: str, trace: list[str], *, clients: int, rate: float | None = None,
-               sampler=None) -> dict:
-    """Send ``trace``'s requests: closed loop with ``clients``, or open loop at ``rate``/s."""
+               sampler=None, poisson_seed: int | None = None) -> dict:
+    """Send ``trace``'s requests: closed loop with ``clients``, or open loop at ``rate``/s
+    (evenly spaced, or Poisson arrivals from ``poisson_seed``)."""
     from aiohttp import ClientSession, ClientTimeout
 
     body = {"records": [{"x": r} for r in np.random.default_rng(0).standard_normal((4, WIDTH)).tolist()]}
@@ -167,8 +168,12 @@ async def load(url: str, trace: list[str], *, clients: int, rate: float | None =
             await asyncio.gather(*(client() for _ in range(clients)))
         else:
             tasks = []
-            for i, key in enumerate(trace):
-                delay = t0 + i / rate - time.perf_counter()
+            if poisson_seed is None:
+                starts = np.arange(len(trace)) / rate
+            else:
+                starts = np.cumsum(np.random.default_rng(poisson_seed).exponential(1 / rate, len(trace)))
+            for key, start in zip(trace, starts, strict=True):
+                delay = t0 + start - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if sampler:
@@ -207,7 +212,7 @@ def peak_sampler(proc: subprocess.Popen, url: str, out: dict) -> None:
 
 
 def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list[str],
-            cache_dir: str | None = None) -> dict:
+            cache_dir: str | None = None, rates: tuple[float, ...] = ()) -> dict:
     total = sum(sizes.values())
     budget = total // 4
     max_models = None
@@ -232,6 +237,9 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
                       peak_rss=peaks.get("peak_rss", 0),
                       server_cpu_ms_per_request=server_cpu * 1e3 / len(trace),
                       loadavg=(load_before + os.getloadavg()[0]) / 2)
+        for rate in rates:  # latency at a fixed offered load, Poisson arrivals, same trace
+            fixed = asyncio.run(load(url, trace, clients=0, rate=rate, poisson_seed=len(trace)))
+            result[f"open{rate:g}"] = {k: fixed[k] for k in ("p50_ms", "p99_ms", "errors", "first_errors")}
         return result
     finally:
         proc.terminate()
@@ -279,6 +287,8 @@ def main() -> None:
     p.add_argument("--cache-dir", help="the node-local preload cache for --sources cache")
     p.add_argument("--duration", type=float, help="run the fixed-rate load test for this many seconds")
     p.add_argument("--rate", type=float, default=40.0)
+    p.add_argument("--open-rates", default="",
+                   help="also measure latency open loop at these rates (requests/s, comma-separated)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.cmd == "server":
@@ -305,6 +315,7 @@ def main() -> None:
         for name in names:
             preload(f"{name}@prod", catalog=args.catalog, cache_dir=args.cache_dir)
     runs: dict[tuple[str, str], list[dict]] = {(src, m): [] for src in sources for m in args.modes.split(",")}
+    rates = tuple(float(r) for r in args.open_rates.split(",") if r)
     for r in range(args.rounds):
         trace = zipf_keys(names, args.requests, args.alpha, args.seed + 1 + r)
         warm = zipf_keys(names, args.warmup, args.alpha, args.seed + 101 + r)
@@ -315,7 +326,7 @@ def main() -> None:
         order = order[r % len(order):] + order[:r % len(order)]
         for src, mode in order:
             res = one_run(mode, args, sizes, trace, warm_all if mode == "unlimited" else warm,
-                          args.cache_dir if src == "cache" else None)
+                          args.cache_dir if src == "cache" else None, rates)
             runs[src, mode].append(res)
             print(json.dumps({"round": r, **res}), flush=True)
     print("\n| source | server | p50 ms | p99 ms | req/s | server CPU ms/req | MiB fetched | peak MiB held "
@@ -338,8 +349,24 @@ def main() -> None:
                 rounds = [x[key] / y[key] for x, y in zip(runs[src, a], runs[src, b], strict=True)]
                 print(f"{src}: {what} {a} / {b}: {med[src, a][key] / med[src, b][key]:.2f} (medians); "
                       f"per round {', '.join(f'{x:.2f}' for x in rounds)}")
+    if rates:
+        print("\nOpen loop (Poisson arrivals at a fixed rate, the same trace, after the closed loop):\n")
+        print("| source | server | " + " | ".join(f"{r:g}/s p50 ms | {r:g}/s p99 ms" for r in rates) + " |")
+        print("|---|---|" + "---:|---:|" * len(rates))
+        for (src, mode), results in runs.items():
+            cells = [f"{statistics.median(x[f'open{r:g}'][q] for x in results):.1f}"
+                     for r in rates for q in ("p50_ms", "p99_ms")]
+            print(f"| {src} | {mode} | " + " | ".join(cells) + " |")
+        for src in sources:
+            for r in rates:
+                if (src, "shared") in runs and (src, "lru-models") in runs:
+                    per = [x[f"open{r:g}"]["p99_ms"] / y[f"open{r:g}"]["p99_ms"]
+                           for x, y in zip(runs[src, "shared"], runs[src, "lru-models"], strict=True)]
+                    print(f"{src}: open loop {r:g}/s: p99 shared / lru-models: {statistics.median(per):.2f} "
+                          f"(median of rounds); per round {', '.join(f'{x:.2f}' for x in per)}")
     failed = [(src, mode, x["first_errors"]) for (src, mode), results in runs.items() for x in results
-              if x["errors"]]
+              if x["errors"]] + [(src, mode, x[k]["first_errors"]) for (src, mode), results in runs.items()
+                                 for x in results for k in x if k.startswith("open") and x[k]["errors"]]
     if failed:  # an error answered at once would flatter that mode's latency and rate
         raise SystemExit(f"requests failed, the figures are not comparable: {failed[0]}")
 
