@@ -15,7 +15,10 @@ request trace per round; medians reported):
 * ``unlimited``: every model fits (budget = all the bytes), measured once warm.
 
 Per mode: p50/p99 latency, requests/s, bytes fetched and peak bytes held during the measured
-requests. ``--sources hdfs,cache`` runs every mode twice per round: reading the shards from
+requests (closed loop: the latency of a saturated server, which mirrors its requests/s);
+``--open-rates 40,80`` then sends the same trace again to the same warm server at each fixed
+rate (Poisson arrivals) for the latency at that offered load.
+``--sources hdfs,cache`` runs every mode twice per round: reading the shards from
 HDFS, and through a node-local preload cache in ``--cache-dir`` (filled with every model
 before the rounds, as ``modelshard preload`` fills a serving node's; the same cache for
 every mode, and the same memory budget: the cache is disk, the budget is the process's

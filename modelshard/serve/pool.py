@@ -31,6 +31,7 @@ check is never served again (:class:`UnavailableError`), while the others keep s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import posixpath
 import threading
@@ -93,6 +94,11 @@ class _Version:
     @property
     def units(self) -> Iterable[ShardRef | PartRef]:
         return self.layout.units.values()
+
+    @functools.cached_property
+    def expected(self) -> dict[str, dict[str, tuple[str, int, int]]]:
+        """What each shard's header must list (:meth:`Manifest.shard_entries`)."""
+        return self.manifest.shard_entries()
 
 
 class ModelPool:
@@ -293,24 +299,24 @@ class ModelPool:
         another batch's units."""
         leases = {label: self.scheduler.acquire(u) for label, u in v.layout.units.items()}
         missing = [label for label, u in v.layout.units.items() if not self.scheduler.contains(u)]
-        futures = {path: self._fetcher.submit(leases[path].__enter__) for path in missing[1:]}
+        futures = {label: self._fetcher.submit(leases[label].__enter__) for label in missing[1:]}
         bufs: dict[str, Any] = {}
         failure: BaseException | None = None
 
-        def take(path: str, get: Callable[[], Any]) -> None:
+        def take(label: str, get: Callable[[], Any]) -> None:
             nonlocal failure
             try:
-                bufs[path] = get()
+                bufs[label] = get()
             except BaseException as e:  # noqa: BLE001 - raised below, once all are accounted for
                 failure = failure or e
                 return
-            stack.push(leases[path].__exit__)
+            stack.push(leases[label].__exit__)
 
-        for path, lease in leases.items():
-            if path not in futures and failure is None:
-                take(path, lease.__enter__)
-        for path, fut in futures.items():
-            take(path, fut.result)
+        for label, lease in leases.items():
+            if label not in futures and failure is None:
+                take(label, lease.__enter__)
+        for label, fut in futures.items():
+            take(label, fut.result)
         if failure is not None:
             raise failure
         return bufs
@@ -378,7 +384,7 @@ class ModelPool:
     def _check_header(self, v: _Version, path: str, buf: Any) -> None:
         record = next(s for s in v.manifest.shards if s.path == path)
         VerifiedShard.over_buffer(buf, record, model=v.key, uri=self.catalog.fs.uri(v.refs[path].path),
-                                  checked=True).header(v.manifest.shard_entries()[path])
+                                  checked=True).header(v.expected[path])
 
     def _fetch_unit(self, unit: ShardRef | PartRef) -> Fetched:
         """A unit's bytes, checked (called by the scheduler, from several threads): a shard
