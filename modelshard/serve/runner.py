@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from modelshard.errors import ModelShardError, UsageError
+from modelshard.errors import ModelShardError, StorageError, UsageError
 from modelshard.jobs import hf
 from modelshard.jobs.models import build, factory
 from modelshard.jobs.predict.task import InputSpec, OutputSpec, Predictor
@@ -97,14 +97,17 @@ def _as(tensor: Any, dtype: Any) -> Any:
 
 
 def runner_for(pool: ModelPool, v: _Version) -> Runner:
-    """The version's runner, built at its first batch (UnavailableError if it cannot be)."""
+    """The version's runner, built at its first batch (UnavailableError if it cannot be: for
+    good if the version is at fault, for this batch only if the storage failed)."""
     with v.lock:
         if v.runner is None:
             if v.failure is not None:
                 raise UnavailableError(f"{v.key} cannot be served: {v.failure}")
             try:
                 v.runner = _build(pool, v)
-            except ModelShardError as e:
+            except StorageError as e:  # storage failing a moment: the next batch tries again
+                raise UnavailableError(f"{v.key} cannot be built now: {e}; retry") from e
+            except ModelShardError as e:  # the version itself (spec, weights, assets): for good
                 v.failure = e
                 raise UnavailableError(f"{v.key} cannot be served: {e}") from e
         return v.runner

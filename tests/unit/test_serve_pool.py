@@ -240,6 +240,29 @@ def test_a_damaged_model_is_never_served_and_the_others_are(cat):
         assert next(m for m in pool.models() if m["model"] == "bad@1")["failed"]
 
 
+def test_a_model_that_cannot_be_built_for_a_moment_is_built_again(cat, monkeypatch):
+    from modelshard.errors import StorageError
+    from modelshard.serve import runner
+
+    good = push_mlp(cat, "a", [8, 4], seed=3)
+    build, calls = runner._build, []
+
+    def flaky(pool, v):
+        calls.append(v.key)
+        if len(calls) == 1:
+            raise StorageError("hdfs://nn/models/a/1/assets: connection refused")
+        return build(pool, v)
+
+    monkeypatch.setattr(runner, "_build", flaky)
+    with ModelPool(cat, budget_bytes=1 << 20) as pool:
+        with pytest.raises(UnavailableError, match="a@1 cannot be built now: .*connection refused; retry"):
+            pool.predict(pool.resolve("a@prod"), [{"x": [1.0] * 8}])
+        assert pool.models()[0]["failed"] is None
+        assert pool.predict(pool.resolve("a@prod"), [{"x": [1.0] * 8}])[0] == (
+            "ok", good(torch.ones(1, 8)).argmax(-1).item())
+    assert calls == ["a@1", "a@1"]
+
+
 def test_whole_model_lru_keeps_at_most_max_models(cat):
     for i in range(3):
         push_mlp(cat, f"m{i}", [8, 4], seed=i)
