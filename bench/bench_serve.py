@@ -242,7 +242,8 @@ def one_run(mode: str, args, sizes: dict[str, int], trace: list[str], warm: list
                       loadavg=(load_before + os.getloadavg()[0]) / 2)
         for rate in rates:  # latency at a fixed offered load, Poisson arrivals, same trace
             fixed = asyncio.run(load(url, trace, clients=0, rate=rate, poisson_seed=len(trace)))
-            result[f"open{rate:g}"] = {k: fixed[k] for k in ("p50_ms", "p99_ms", "errors", "first_errors")}
+            result.setdefault("open", {})[rate] = {k: fixed[k] for k in ("p50_ms", "p99_ms", "errors",
+                                                                          "first_errors")}
         return result
     finally:
         proc.terminate()
@@ -357,19 +358,19 @@ def main() -> None:
         print("| source | server | " + " | ".join(f"{r:g}/s p50 ms | {r:g}/s p99 ms" for r in rates) + " |")
         print("|---|---|" + "---:|---:|" * len(rates))
         for (src, mode), results in runs.items():
-            cells = [f"{statistics.median(x[f'open{r:g}'][q] for x in results):.1f}"
+            cells = [f"{statistics.median(x['open'][r][q] for x in results):.1f}"
                      for r in rates for q in ("p50_ms", "p99_ms")]
             print(f"| {src} | {mode} | " + " | ".join(cells) + " |")
         for src in sources:
             for r in rates:
                 if (src, "shared") in runs and (src, "lru-models") in runs:
-                    per = [x[f"open{r:g}"]["p99_ms"] / y[f"open{r:g}"]["p99_ms"]
+                    per = [x["open"][r]["p99_ms"] / y["open"][r]["p99_ms"]
                            for x, y in zip(runs[src, "shared"], runs[src, "lru-models"], strict=True)]
                     print(f"{src}: open loop {r:g}/s: p99 shared / lru-models: {statistics.median(per):.2f} "
                           f"(median of rounds); per round {', '.join(f'{x:.2f}' for x in per)}")
     failed = [(src, mode, x["first_errors"]) for (src, mode), results in runs.items() for x in results
-              if x["errors"]] + [(src, mode, x[k]["first_errors"]) for (src, mode), results in runs.items()
-                                 for x in results for k in x if k.startswith("open") and x[k]["errors"]]
+              if x["errors"]] + [(src, mode, o["first_errors"]) for (src, mode), results in runs.items()
+                                 for x in results for o in x.get("open", {}).values() if o["errors"]]
     if failed:  # an error answered at once would flatter that mode's latency and rate
         raise SystemExit(f"requests failed, the figures are not comparable: {failed[0]}")
 

@@ -286,7 +286,7 @@ class ModelPool:
                 v.last_used = time.monotonic()
                 if not v.in_flight:  # only then is there more room to admit another version
                     if v.failure is not None and not v.pinned:  # never served again: free it
-                        self._drop_shards(v)
+                        self._drop_units(v)
                     self._cond.notify_all()
             self._trim()
             self._retire()
@@ -374,22 +374,25 @@ class ModelPool:
                 self._cond.wait(remaining)
 
     def _check_headers(self, v: _Version, bufs: dict[str, Any]) -> None:
-        for path, buf in bufs.items():
-            if path in v.headers_checked or path not in v.refs:  # a part: checked as fetched
-                continue
-            self._check_header(v, path, buf)
-            with self._cond:
-                v.headers_checked.add(path)
+        for label, buf in bufs.items():
+            if label in v.refs:  # a shard unit (a part's shards are checked as it is fetched)
+                self._check_header(v, label, buf)
 
     def _check_header(self, v: _Version, path: str, buf: Any) -> None:
+        """Check shard ``path``'s header in ``buf`` against the manifest, at its first use
+        only: its bytes are checked whole at every fetch, so they cannot differ later."""
+        if path in v.headers_checked:
+            return
         record = next(s for s in v.manifest.shards if s.path == path)
         VerifiedShard.over_buffer(buf, record, model=v.key, uri=self.catalog.fs.uri(v.refs[path].path),
                                   checked=True).header(v.expected[path])
+        with self._cond:
+            v.headers_checked.add(path)
 
     def _fetch_unit(self, unit: ShardRef | PartRef) -> Fetched:
         """A unit's bytes, checked (called by the scheduler, from several threads): a shard
         as :func:`~modelshard.scheduler.fetch_shard` gives it; a part copied out of its
-        shards, each fetched so, checked whole and its header checked."""
+        shards, each fetched so (checked whole; its header at its first use)."""
         if isinstance(unit, ShardRef):
             return fetch_shard(self.catalog.fs, unit, cache=self.cache, writable=True)
         with self._cond:
@@ -421,9 +424,9 @@ class ModelPool:
             idle = sorted((v for v in resident if not v.in_flight and not v.pinned),
                           key=lambda v: v.last_used)
             for v in idle[:max(0, len(resident) - self.max_models)]:
-                self._drop_shards(v)
+                self._drop_units(v)
 
-    def _drop_shards(self, v: _Version) -> None:
+    def _drop_units(self, v: _Version) -> None:
         sizes = {u: u.size for u in v.units}
         self.scheduler.remove(sizes)
         self.scheduler.add(sizes)
