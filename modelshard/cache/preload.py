@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +199,39 @@ class PreloadCache:
             if isinstance(m, mmap.mmap):
                 m.close()
 
+    def lookup(self, ref: ShardRef) -> Any:
+        """The entry of ``ref`` mapped and checked as :meth:`map` does, or None if there is
+        none (a damaged one is deleted, never served); nothing is fetched. For bytes that
+        are not a file anywhere (:meth:`put`)."""
+        mapped = self._map_if_intact(self.entry_path(ref.sha256), ref, drop_damaged=False)
+        if mapped is None and self.contains(ref.sha256):  # damaged: deleted under its lock
+            with self._entry_lock(ref.sha256):
+                mapped = self._map_if_intact(self.entry_path(ref.sha256), ref)
+        self._count(**({"hits": 1} if mapped is not None else {"misses": 1}))
+        return mapped
+
+    def put(self, data: Any, ref: ShardRef) -> None:
+        """Keep ``data`` (a buffer) as the entry of ``ref`` unless there is one, checked as
+        written against ``ref.checksums``: bytes derived from checked shards that cost less
+        to map again than to derive (a tensor split across shards, joined:
+        :mod:`modelshard.serve.layout`), found again with :meth:`lookup`::
+
+            cache.put(joined, ShardRef("bert@3:tensor:w", len(joined), digest, checksums))
+        """
+        view = memoryview(data).cast("B")
+
+        def fill(sink: Callable[[memoryview], None]) -> None:
+            check = StreamCheck(ref, model=ref.model, uri=f"{ref.path} (in memory)")
+            for pos in range(0, len(view), self.chunk_bytes):
+                check.update(view[pos:pos + self.chunk_bytes])
+                sink(view[pos:pos + self.chunk_bytes])
+            check.finish()
+
+        entry = self.entry_path(_check_digest(ref.sha256))
+        with self._entry_lock(ref.sha256):
+            if not os.path.isfile(entry):  # one there is checked at its next use
+                self._write_entry(ref, entry, fill)
+
     def contains(self, sha256: str) -> bool:
         """Whether an entry exists (not re-verified; :meth:`get` verifies on use)."""
         return os.path.isfile(self.entry_path(sha256))
@@ -286,6 +319,14 @@ class PreloadCache:
         return None
 
     def _fetch(self, fs: FileSystem, ref: ShardRef, entry: str) -> None:
+        self._write_entry(ref, entry, lambda sink: read_stream(
+            fs, ref.path, ref, model=ref.model, sink=sink, chunk_bytes=self.chunk_bytes))
+        self._count(bytes_fetched=ref.size)
+
+    def _write_entry(self, ref: ShardRef, entry: str,
+                     fill: Callable[[Callable[[memoryview], None]], None]) -> None:
+        """Make ``entry``: ``fill(sink)`` gives ``sink`` its bytes, checked (it raises if they
+        are not ``ref``'s), into a temp file made room for under the budget, renamed in."""
         path, size = ref.path, ref.size
         tmp = self._reserve(ref.sha256, size)
         try:
@@ -298,8 +339,7 @@ class PreloadCache:
                     if written <= size:  # a longer file fails the check: never past the budget
                         _write_all(out.fileno(), chunk)
 
-                read_stream(fs, path, ref, model=ref.model, sink=sink,
-                            chunk_bytes=self.chunk_bytes)
+                fill(sink)
                 # Checked are the bytes just written; fsync before the rename so that a
                 # crash cannot leave a visible entry whose bytes never reached the disk.
                 os.fsync(out.fileno())
@@ -317,7 +357,6 @@ class PreloadCache:
         except BaseException:
             self._discard(tmp)
             raise
-        self._count(bytes_fetched=size)
 
     def _reserve(self, digest: str, size: int) -> str:
         """A temp file of ``size`` bytes in the cache, made room for under the budget.

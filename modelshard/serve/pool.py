@@ -46,11 +46,12 @@ import orjson
 from modelshard.cache.preload import PreloadCache, ShardRef
 from modelshard.catalog.catalog import Catalog
 from modelshard.catalog.manifest import Manifest, TensorRecord
-from modelshard.errors import IntegrityError, ModelShardError, UsageError
+from modelshard.errors import IntegrityError, ModelShardError, StorageError, UsageError
 from modelshard.loading.convert import convert
 from modelshard.loading.sources import shard_ref
 from modelshard.scheduler import Fetched, ShardScheduler, fetch_shard
 from modelshard.serve.layout import Layout, PartRef
+from modelshard.shards.checksums import ChunkWriter, fixed_chunk_ends
 from modelshard.verified import VerifiedShard, fresh_pages
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class _Version:
     failure: ModelShardError | None = None
     last_used: float = field(default_factory=time.monotonic)
     headers_checked: set[str] = field(default_factory=set)
+    kept: dict[str, ShardRef] = field(default_factory=dict)  # part label -> its cache entry
     requests: int = 0
     runner: Any = None  # the model, built at its first batch (modelshard.serve.runner)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -392,11 +394,39 @@ class ModelPool:
     def _fetch_unit(self, unit: ShardRef | PartRef) -> Fetched:
         """A unit's bytes, checked (called by the scheduler, from several threads): a shard
         as :func:`~modelshard.scheduler.fetch_shard` gives it; a part copied out of its
-        shards, each fetched so (checked whole; its header at its first use)."""
+        shards, each fetched so (checked whole; its header at its first use), or, with a
+        preload cache, mapped from the entry it was kept in the last time (:meth:`_keep`)."""
         if isinstance(unit, ShardRef):
             return fetch_shard(self.catalog.fs, unit, cache=self.cache, writable=True)
         with self._cond:
             v = self._versions[unit.model]
+        kept = v.kept.get(unit.name)
+        if kept is not None and (mapped := self.cache.lookup(kept)) is not None:
+            return Fetched(memoryview(mapped), local=True)
+        fetched = self._copy_part(v, unit)
+        if self.cache is not None and unit.size:
+            self._keep(v, unit, fetched.data)
+        return fetched
+
+    def _keep(self, v: _Version, unit: PartRef, data: memoryview) -> None:
+        """Keep a part just copied as an entry of the preload cache, to be mapped from there
+        the next times (a fifth of the cost of copying it again: docs/benchmarks.md, issue
+        14). Its checksums are computed here, from bytes copied out of checked shards, and
+        kept in memory only: an entry is served only if it matches them."""
+        ref = v.kept.get(unit.name)
+        if ref is None:
+            sums = ChunkWriter(fixed_chunk_ends(unit.size), sha256=True)
+            sums.update(data)
+            ref = ShardRef(f"{v.key} {unit.name}", unit.size, sums.sha256(), sums.finish(), v.key)
+        try:
+            self.cache.put(data, ref)
+        except StorageError as e:  # the copy in memory serves; it is copied again next time
+            log.warning("%s: not kept in the preload cache: %s", ref.path, e)
+            return
+        with self._cond:
+            v.kept[unit.name] = ref
+
+    def _copy_part(self, v: _Version, unit: PartRef) -> Fetched:
         out = memoryview(fresh_pages(unit.size))
         local: bool | None = True
         for path, spans in v.layout.plans[unit.name].items():

@@ -351,3 +351,35 @@ def test_many_caches_over_one_folder_open_at_once_in_one_process(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_put_keeps_bytes_that_are_no_file_and_lookup_serves_them_only_intact(tmp_path):
+    from modelshard.shards.checksums import ChunkWriter, fixed_chunk_ends
+
+    def ref_of(data: bytes) -> ShardRef:
+        sums = ChunkWriter(fixed_chunk_ends(len(data)), sha256=True)
+        sums.update(data)
+        return ShardRef("m@1 tensor:w", len(data), sums.sha256(), sums.finish(), "m@1")
+
+    data = random.Random(5).randbytes(3 << 20)
+    ref = ref_of(data)
+    cache = PreloadCache(str(tmp_path / "cache"), max_bytes=1 << 24)
+    assert cache.lookup(ref) is None  # nothing is fetched: there is nowhere to fetch from
+    cache.put(data, ref)
+    assert bytes(cache.lookup(ref)) == data
+    cache.put(b"x" * len(data), ref)  # one there already: left as it is
+    assert bytes(cache.lookup(ref)) == data
+
+    other = bytearray(data)
+    other[(2 << 20) + 7] ^= 1
+    wrong = ShardRef(ref.path, ref.size, hashlib.sha256(other).hexdigest(), ref.checksums, "m@1")
+    with pytest.raises(IntegrityError, match=r"m@1: shard m@1 tensor:w \(in memory\): bytes 2097152"):
+        cache.put(other, wrong)  # not the bytes its checksums say: never kept
+    assert cache.lookup(wrong) is None and not os.listdir(tmp_path / "cache" / "tmp")
+
+    with open(cache.entry_path(ref.sha256), "r+b") as f:  # a byte flipped on disk
+        f.seek(100)
+        f.write(bytes([data[100] ^ 0x40]))
+    assert cache.lookup(ref) is None and not cache.contains(ref.sha256)
+    st = cache.stats()
+    assert (st.entries, st.hits, st.corrupt_dropped) == (0, 2, 1)

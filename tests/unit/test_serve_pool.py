@@ -85,6 +85,45 @@ def test_a_weight_split_across_shards_is_joined_exactly(cat):
         assert pool.models()[0]["resident_bytes"] == pool.scheduler.stats().bytes_held
 
 
+def test_a_joined_tensor_is_kept_in_the_preload_cache_and_mapped_from_there(cat, tmp_path,
+                                                                           monkeypatch):
+    from modelshard.cache.preload import PreloadCache
+    from modelshard.serve import pool as pool_mod
+
+    model = push_mlp(cat, "a", [256, 64, 3], shard_size=16 << 10)
+    m = manifest(cat, "a@1")
+    crossed = {os.path.basename(p.shard) for p in m.tensors["0.weight"].pieces}
+    fetched: list[str] = []
+    fetch = pool_mod.fetch_shard
+    monkeypatch.setattr(pool_mod, "fetch_shard",
+                        lambda fs, ref, **kw: fetched.append(os.path.basename(ref.path)) or fetch(fs, ref, **kw))
+    cache = PreloadCache(str(tmp_path / "cache"), max_bytes=1 << 24)
+    x = rows(3, 256)
+    want = model(torch.tensor(x)).softmax(-1).tolist()
+    with ModelPool(cat, budget_bytes=1 << 20, cache=cache, max_models=0) as pool:  # fetched per batch
+        target = pool.resolve("a@prod")
+        for batch in range(3):
+            fetched.clear()
+            got = pool.predict(target, [{"x": r} for r in x], output="scores")
+            np.testing.assert_allclose([v for _, v in got], want, atol=1e-6)
+            # The first batch copies the parts out of the crossed shards; the next ones map them.
+            assert bool(crossed & set(fetched)) == (batch == 0), fetched
+        kept = dict(pool._versions[target].kept)
+        assert set(kept) == {label for label in pool._versions[target].layout.plans}
+        # A kept part damaged on disk is never served: copied again from its shards, kept anew.
+        entry = cache.entry_path(kept["tensor:0.weight"].sha256)
+        with open(entry, "r+b") as f:
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x10]))
+        fetched.clear()
+        got = pool.predict(target, [{"x": r} for r in x], output="scores")
+        np.testing.assert_allclose([v for _, v in got], want, atol=1e-6)
+        assert crossed <= set(fetched)
+        assert cache.stats().corrupt_dropped == 1 and cache.lookup(kept["tensor:0.weight"]) is not None
+
+
 @pytest.mark.parametrize("through_cache", [False, True])
 def test_a_damaged_shard_under_a_joined_tensor_is_never_served(cat, tmp_path, through_cache):
     from modelshard.cache.preload import PreloadCache
