@@ -13,7 +13,8 @@ budget and evicted as a whole:
   together, so that no byte is held twice (the split tensor's bytes are in its own unit).
 
 Every byte copied into a part comes from a shard checked whole as fetched, whose header
-has been checked against the manifest.
+has been checked against the manifest. With a preload cache, a part copied once is kept
+there and mapped next time (:meth:`ModelPool._keep <modelshard.serve.pool.ModelPool._keep>`).
 
 >>> layout = Layout.of(manifest, refs, "bert@3")                       # doctest: +SKIP
 >>> layout.where["0.weight"]                                           # doctest: +SKIP
