@@ -23,7 +23,8 @@ HDFS, and through a node-local preload cache in ``--cache-dir`` (filled with eve
 before the rounds, as ``modelshard preload`` fills a serving node's; the same cache for
 every mode, and the same memory budget: the cache is disk, the budget is the process's
 memory). ``--duration S`` instead runs the fixed-rate load test (``--rate`` requests/s on the
-shared server for S seconds), sampling the server's RSS and bytes held every second.
+shared server for S seconds, from the one source given), sampling the server's RSS and bytes
+held every second.
 
     python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --rounds 3
     python bench/bench_serve.py --catalog hdfs:///user/$USER/bench-serve --sources hdfs,cache \
@@ -305,12 +306,11 @@ def main() -> None:
     print(f"# {len(names)} models, {total / 2**20:.1f} MiB in all, {min(sizes.values()) / 2**20:.1f}.."
           f"{max(sizes.values()) / 2**20:.1f} MiB each; budget {total / 4 / 2**20:.1f} MiB; "
           f"loadavg {os.getloadavg()[0]:.2f}", flush=True)
-    if args.duration:
-        fixed_rate(args, sizes, names)
-        return
-    if not args.rounds:  # only the models pushed
-        return
     sources = args.sources.split(",")
+    if args.duration and len(sources) != 1:
+        raise SystemExit("--duration runs on one source: --sources hdfs or --sources cache")
+    if not args.rounds and not args.duration:  # only the models pushed
+        return
     if "cache" in sources:
         if not args.cache_dir:
             raise SystemExit("--sources cache needs --cache-dir")
@@ -318,6 +318,9 @@ def main() -> None:
 
         for name in names:
             preload(f"{name}@prod", catalog=args.catalog, cache_dir=args.cache_dir)
+    if args.duration:
+        fixed_rate(args, sizes, names, args.cache_dir if sources == ["cache"] else None)
+        return
     runs: dict[tuple[str, str], list[dict]] = {(src, m): [] for src in sources for m in args.modes.split(",")}
     rates = tuple(float(r) for r in args.open_rates.split(",") if r)
     for r in range(args.rounds):
@@ -384,9 +387,10 @@ def per_minute_max(series: list[tuple[float, int, int]]) -> list[int]:
     return [round(out[m] / 2**20) for m in sorted(out)]
 
 
-def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
+def fixed_rate(args, sizes: dict[str, int], names: list[str], cache_dir: str | None) -> None:
     total = sum(sizes.values())
-    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed", threads=args.threads)
+    proc, url = start_server(args.catalog, total // 4, None, args.workers, "fixed", cache_dir,
+                             threads=args.threads)
     try:
         asyncio.run(load(url, zipf_keys(names, args.warmup, args.alpha, args.seed + 7), clients=args.clients))
         samples: dict = {"fast": False}
@@ -396,6 +400,7 @@ def fixed_rate(args, sizes: dict[str, int], names: list[str]) -> None:
         samples["stop"] = True
         series = samples.get("series", [])
         rss = [x[2] for x in series]
+        res.update(source="cache" if cache_dir else "hdfs")
         res.update(budget=total // 4, peak_held=samples.get("peak_held", 0), rss_first=rss[0] if rss else 0,
                    rss_max=max(rss) if rss else 0, rss_last=rss[-1] if rss else 0,
                    rss_first_minute_max=max((x[2] for x in series if x[0] - series[0][0] < 60), default=0),

@@ -404,7 +404,7 @@ class ModelPool:
         if kept is not None and (mapped := self.cache.lookup(kept)) is not None:
             return Fetched(memoryview(mapped), local=True)
         fetched = self._copy_part(v, unit)
-        if self.cache is not None and unit.size:
+        if self.cache is not None and 0 < unit.size <= self.cache.max_bytes:
             self._keep(v, unit, fetched.data)
         return fetched
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -122,6 +123,22 @@ def test_a_joined_tensor_is_kept_in_the_preload_cache_and_mapped_from_there(cat,
         np.testing.assert_allclose([v for _, v in got], want, atol=1e-6)
         assert crossed <= set(fetched)
         assert cache.stats().corrupt_dropped == 1 and cache.lookup(kept["tensor:0.weight"]) is not None
+
+
+def test_a_part_larger_than_the_cache_is_served_without_being_kept(cat, tmp_path):
+    from modelshard.cache.preload import PreloadCache
+
+    model = push_mlp(cat, "a", [256, 64, 3], shard_size=16 << 10)  # 0.weight: 64 KiB
+    cache = PreloadCache(str(tmp_path / "cache"), max_bytes=32 << 10, lock_timeout_s=30)
+    start = time.monotonic()
+    with ModelPool(cat, budget_bytes=1 << 20, cache=cache, max_models=0) as pool:
+        target = pool.resolve("a@prod")
+        for _ in range(2):
+            got = pool.predict(target, [{"x": [1.0] * 256}], output="scores")
+            np.testing.assert_allclose(got[0][1], model(torch.ones(1, 256)).softmax(-1)[0].tolist(),
+                                       atol=1e-6)
+        assert "tensor:0.weight" not in pool._versions[target].kept
+    assert time.monotonic() - start < 20  # no wait for room in the cache that cannot be made
 
 
 @pytest.mark.parametrize("through_cache", [False, True])
