@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import daemon_stopped_later, wait_replicated
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "bin" / "modelshard-cluster"
 
@@ -59,3 +61,17 @@ def test_bad_datanode_count_is_a_usage_error(tmp_path):
     out = run("start", "--datanodes", "zero", env={**os.environ, "MODELSHARD_RUN": str(tmp_path)})
     assert out.returncode != 0
     assert "--datanodes must be a whole number" in out.stderr
+
+
+def test_a_datanode_started_again_takes_blocks_at_once(hdfs_root):
+    """start-daemon returns once the DataNode has registered again. The NameNode has not
+    noticed the stop yet (it counts a node dead after 30 s) and still places blocks on it: a
+    write before the new process registers loses that replica, until the NameNode copies it
+    again (a copy it sends to the process that is gone waits 30 s). Registered, every replica
+    is reported within a few heartbeats (1 s each)."""
+    fs, root = hdfs_root
+    with daemon_stopped_later() as stop:
+        stop("datanode3")
+    fs.write_bytes(f"{root}/after-restart", os.urandom(1 << 20))
+    assert fs.stat(f"{root}/after-restart").replication == 3
+    wait_replicated(fs, root, timeout=5)
