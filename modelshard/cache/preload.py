@@ -203,12 +203,7 @@ class PreloadCache:
         """The entry of ``ref`` mapped and checked as :meth:`map` does, or None if there is
         none (a damaged one is deleted, never served); nothing is fetched. For bytes that
         are not a file anywhere (:meth:`put`)."""
-        mapped = self._map_if_intact(self.entry_path(ref.sha256), ref, drop_damaged=False)
-        if mapped is None and self.contains(ref.sha256):  # damaged: deleted under its lock
-            with self._entry_lock(ref.sha256):
-                mapped = self._map_if_intact(self.entry_path(ref.sha256), ref)
-        self._count(**({"hits": 1} if mapped is not None else {"misses": 1}))
-        return mapped
+        return self._mapped(ref)
 
     def put(self, data: Any, ref: ShardRef) -> None:
         """Keep ``data`` (a buffer) as the entry of ``ref`` unless there is one, checked as
@@ -263,7 +258,7 @@ class PreloadCache:
 
     # -- fetching and verifying ------------------------------------------------------
     def _map_verified(self, fs: FileSystem, ref: ShardRef) -> Any:
-        path, digest, size = ref.path, ref.sha256, ref.size
+        path, size = ref.path, ref.size
         if size < 0:
             raise UsageError(f"{path}: size={size}; pass the shard size from the manifest")
         if size > self.max_bytes:
@@ -271,23 +266,26 @@ class PreloadCache:
                 f"{path}: shard of {size} bytes is larger than the cache budget "
                 f"max_bytes={self.max_bytes}; raise the cache budget"
             )
-        entry = self.entry_path(digest)
+        return self._mapped(ref, make=lambda entry: self._fetch(fs, ref, entry))
+
+    def _mapped(self, ref: ShardRef, *, make: Callable[[str], None] | None = None) -> Any:
+        """The entry of ``ref`` mapped and checked; if there is none (or it is damaged), made
+        by ``make(entry)``, or None without ``make``."""
+        entry = self.entry_path(ref.sha256)
         # A hit takes no lock: an entry is never changed in place (it is written aside and
         # renamed in) and a map stays valid if the entry is evicted meanwhile. A miss, or an
         # entry that fails its check, is handled under the entry's lock.
         mapped = self._map_if_intact(entry, ref, drop_damaged=False)
-        if mapped is not None:
-            self._count(hits=1)
-            return mapped
-        with self._entry_lock(digest):
-            mapped = self._map_if_intact(entry, ref)
-            if mapped is not None:
-                self._count(hits=1)
-                return mapped
-            self._count(misses=1)
-            self._fetch(fs, ref, entry)
-            # Not checked again: the entry holds the bytes that were checked on their way in.
-            return _map_entry(entry)
+        if mapped is None and (make is not None or os.path.isfile(entry)):
+            with self._entry_lock(ref.sha256):
+                mapped = self._map_if_intact(entry, ref)
+                if mapped is None and make is not None:
+                    self._count(misses=1)
+                    make(entry)
+                    # Not checked again: the entry holds the bytes checked on their way in.
+                    return _map_entry(entry)
+        self._count(**({"hits": 1} if mapped is not None else {"misses": 1}))
+        return mapped
 
     def _map_if_intact(self, entry: str, ref: ShardRef, *, drop_damaged: bool = True) -> Any:
         """The entry mapped, if its bytes still match ``ref`` (checked in the map itself);
